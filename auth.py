@@ -1,0 +1,225 @@
+"""Verifying Better Auth JWTs against the keys its JWKS endpoint publishes.
+
+Framework-free: `JWKSVerifier.verify(token)` returns a `Principal` or raises `InvalidToken`
+(the caller answers 401) or `KeySetUnavailable` (503). Messages never contain the token.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+
+logger = logging.getLogger(__name__)
+
+# Better Auth signs with EdDSA by default and can be set to RSA, RSA-PSS or ECDSA.
+# Symmetric algorithms would let anyone holding a public key forge tokens.
+ALLOWED_ALGORITHMS = frozenset(
+    {"EdDSA", "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+)
+MAX_TOKEN_LENGTH = 16_384
+SUBJECT_MAX_LENGTH = 128
+LEEWAY_SECONDS = 5
+
+
+class InvalidToken(Exception):
+    """The token cannot be trusted; the message is safe to show the client."""
+
+
+class KeySetUnavailable(Exception):
+    """No usable signing key could be had from the JWKS endpoint."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    id: str
+    email: str | None = None
+    name: str | None = None
+    role: str = "user"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def parse_key_set(document: Any) -> dict[str | None, jwt.PyJWK]:
+    """The usable keys of a JWKS document by `kid`; anything else in it is skipped."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWKS document")
+    keys: dict[str | None, jwt.PyJWK] = {}
+    for data in document["keys"]:
+        if not isinstance(data, dict) or data.get("use", "sig") != "sig":
+            continue
+        try:
+            key = jwt.PyJWK(data)
+        except jwt.PyJWTError:
+            continue
+        if key.algorithm_name in ALLOWED_ALGORITHMS:
+            kid = data.get("kid")
+            keys[kid if isinstance(kid, str) else None] = key
+    return keys
+
+
+class JWKSVerifier:
+    """Checks tokens against a cached copy of a JWKS, shared by every request thread.
+
+    The copy is trusted for `cache_ttl` seconds. A token naming an unknown `kid` (the
+    signer rotated its key) triggers a refetch, at most once per `refetch_interval`, so
+    a flood of made-up kids cannot turn into a flood of requests to the auth server.
+    """
+
+    def __init__(
+        self,
+        jwks_url: str,
+        *,
+        issuer: str,
+        audience: str,
+        cache_ttl: float = 3600,
+        refetch_interval: float = 30,
+        static_keys: Mapping[str, jwt.PyJWK] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.jwks_url = jwks_url
+        self.issuer = issuer
+        self.audience = audience
+        self.cache_ttl = cache_ttl
+        self.refetch_interval = refetch_interval
+        self._static_keys = dict(static_keys or {})
+        self._clock = clock
+        self._http = httpx.Client(timeout=5.0)
+        self._lock = threading.Lock()
+        self._keys: dict[str | None, jwt.PyJWK] = {}
+        self._fetched_at: float | None = None
+        self._failed_at: float | None = None
+        self._unknown_kid_refetch_at: float | None = None
+        self.fetch_count = 0
+
+    def close(self) -> None:
+        self._http.close()
+
+    def verify(self, token: str) -> Principal:
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken("Malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("Malformed token") from None
+        algorithm = header.get("alg")
+        if algorithm not in ALLOWED_ALGORITHMS:
+            raise InvalidToken("Token algorithm is not accepted")
+        key = self._key_for(header.get("kid"))
+        if key.algorithm_name != algorithm:
+            raise InvalidToken("Token algorithm does not match its signing key")
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("Token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidToken("Token is not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken("Token is not for this audience") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidToken("Token is from an untrusted issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidToken(f"Token lacks the '{exc.claim}' claim") from None
+        except jwt.PyJWTError:
+            raise InvalidToken("Invalid token") from None
+        return _principal(claims)
+
+    def _key_for(self, kid: object) -> jwt.PyJWK:
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidToken("Malformed token")
+        if isinstance(kid, str) and kid in self._static_keys:
+            return self._static_keys[kid]
+        keys = self._fresh_keys()
+        if self._fetched_at is None and not self._static_keys:
+            raise KeySetUnavailable("No signing key is available to verify tokens")
+        if kid is None:
+            candidates = [*keys.values(), *self._static_keys.values()]
+            if len(candidates) == 1:
+                return candidates[0]
+            raise InvalidToken("Token has no 'kid' and the key set has several keys")
+        if kid in keys:
+            return keys[kid]
+        fetched = self._refetch_for_unknown_kid()
+        if kid in self._keys:
+            return self._keys[kid]
+        if fetched is False:
+            raise KeySetUnavailable("The signing keys cannot be fetched right now")
+        raise InvalidToken("Token is signed by an unknown key")
+
+    def _fresh_keys(self) -> dict[str | None, jwt.PyJWK]:
+        if not self._stale():
+            return self._keys
+        with self._lock:
+            # Another thread may have refreshed while this one waited for the lock.
+            if self._stale():
+                self._fetch()
+            return self._keys
+
+    def _stale(self) -> bool:
+        now = self._clock()
+        if self._fetched_at is None:
+            # Nothing usable yet: keep trying, one request at a time, until the server answers.
+            return True
+        if now - self._fetched_at < self.cache_ttl:
+            return False
+        # Expired: refresh, but while the server is failing keep the cached keys for a while.
+        return self._failed_at is None or now - self._failed_at >= self.refetch_interval
+
+    def _refetch_for_unknown_kid(self) -> bool | None:
+        """Refetch for a kid we do not know: whether it worked, or None if one ran too recently."""
+        with self._lock:
+            now = self._clock()
+            last = self._unknown_kid_refetch_at
+            if last is not None and now - last < self.refetch_interval:
+                return None
+            self._unknown_kid_refetch_at = now
+            return self._fetch()
+
+    def _fetch(self) -> bool:
+        """Replace the cached keys from the JWKS endpoint; on failure keep the old ones."""
+        self.fetch_count += 1
+        try:
+            response = self._http.get(self.jwks_url, headers={"Accept": "application/json"})
+            response.raise_for_status()
+            keys = parse_key_set(response.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            self._failed_at = self._clock()
+            logger.warning("Could not fetch signing keys from %s: %s", self.jwks_url, type(exc).__name__)
+            return False
+        self._keys = keys
+        self._fetched_at = self._clock()
+        self._failed_at = None
+        return True
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    subject = claims["sub"]
+    if not isinstance(subject, str) or not 0 < len(subject) <= SUBJECT_MAX_LENGTH or not subject.isprintable():
+        raise InvalidToken("Token has an invalid 'sub' claim")
+    role = claims.get("role")
+    return Principal(
+        id=subject,
+        email=_text(claims.get("email")),
+        name=_text(claims.get("name")),
+        role=role if isinstance(role, str) and role else "user",
+    )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

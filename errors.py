@@ -1,0 +1,67 @@
+"""The errors TaskFlow answers with: each carries its HTTP status and a stable machine code.
+
+Services and dependencies raise these; one handler in `main` turns them into the
+`{"error", "status_code", "code"}` envelope. Agents branch on `code`, so codes never change.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class TaskFlowError(Exception):
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    headers: dict[str, str] | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(TaskFlowError):
+    status_code, code = 400, "bad_request"
+
+
+class InvalidTransition(TaskFlowError):
+    status_code, code = 400, "invalid_transition"
+
+
+class Unauthorized(TaskFlowError):
+    status_code, code = 401, "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(TaskFlowError):
+    """The caller can see the thing but may not do this to it."""
+
+    status_code, code = 403, "forbidden"
+
+
+class NotFound(TaskFlowError):
+    """Also what a caller gets for anything it may not see."""
+
+    status_code, code = 404, "not_found"
+
+
+class Conflict(TaskFlowError):
+    status_code, code = 409, "conflict"
+
+
+class ServiceUnavailable(TaskFlowError):
+    status_code, code = 503, "service_unavailable"
+
+
+# Every code a client can meet, for the README and the OpenAPI description.
+ERROR_CODES: dict[str, str] = {
+    "bad_request": "400: the request breaks a rule (an unknown worker, a parent in another project, a cycle, a task with subtasks, ...)",
+    "invalid_transition": "400: the workflow does not allow this status change from the task's current status",
+    "unauthorized": "401: no token, or a token that is invalid, expired or not for this API",
+    "forbidden": "403: the task is visible to you but this action is reserved (to its assignee, a project owner or an admin)",
+    "not_found": "404: no such resource, or one you may not see",
+    "method_not_allowed": "405: the path exists but not with this method",
+    "conflict": "409: the request collides with existing state (a duplicate slug, worker or member, the last owner, ...)",
+    "validation_error": "422: the body, a path or a query parameter is malformed; `detail` lists the field errors",
+    "internal_error": "500: a bug; the response carries the `request_id` to quote",
+    "service_unavailable": "503: the database or the signing keys cannot be reached right now",
+}

@@ -1,0 +1,502 @@
+"""The TaskFlow app: settings wiring, `create_app()`, the routes and the error handlers.
+
+Routes are thin: each declares its HTTP contract, takes its dependencies and calls one
+service function. `app = create_app()` is what `uvicorn main:app` serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Query, Request, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import devtoken
+import services
+from audit import current_request_id
+from auth import JWKSVerifier
+from config import VERSION, Settings, load_settings
+from database import check_connection, create_db_engine, migrate
+from dependencies import CurrentUser, Limit, Offset, ProjectSlug, SessionDep, TaskId, WorkerIdPath, get_engine
+from errors import ERROR_CODES, ServiceUnavailable, TaskFlowError
+from models import (
+    AuditQuery,
+    AuditRead,
+    DatabaseHealth,
+    ErrorBody,
+    Health,
+    MemberCreate,
+    MemberRead,
+    MemberUpdate,
+    Project,
+    ProjectCreate,
+    ProjectMember,
+    ProjectRead,
+    ProjectUpdate,
+    Task,
+    TaskCreate,
+    TaskQuery,
+    TaskRead,
+    TaskUpdate,
+    Worker,
+    WorkerCreate,
+    WorkerRead,
+    WorkerType,
+    WorkerUpdate,
+)
+
+logger = logging.getLogger("taskflow")
+
+DESCRIPTION = (
+    "Task management where humans and AI agents work the same board. Every change is "
+    "written to an audit log naming its actor and whether that actor is a human or an agent.\n\n"
+    "Click **Authorize** and paste a Better Auth JWT. Errors are "
+    '`{"error": "...", "status_code": 404, "code": "not_found"}`; the codes:\n\n'
+    + "\n".join(f"- `{code}`: {meaning}" for code, meaning in ERROR_CODES.items())
+)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+API_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("Missing or invalid token"),
+    404: _error("Not found, or not yours to see"),
+    422: _error("Malformed request: `detail` lists the field errors"),
+    503: _error("Signing keys or the database are unavailable"),
+}
+RULE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("The request breaks a rule, or the workflow forbids this transition"),
+    403: _error("Visible to you, but this action is reserved"),
+    409: _error("Collides with existing state"),
+}
+
+public = APIRouter()
+api = APIRouter(prefix="/api", responses=API_ERRORS)
+
+
+# ---------------------------------------------------------------- health
+
+
+@public.get("/health", response_model=Health, tags=["health"])
+def health() -> Health:
+    """Liveness: the process is up. Needs no token."""
+    return Health(status="healthy", version=VERSION)
+
+
+@public.get(
+    "/api/health/db",
+    response_model=DatabaseHealth,
+    tags=["health"],
+    responses={503: _error("The database cannot be reached")},
+)
+def database_health(request: Request) -> DatabaseHealth:
+    """Readiness: the database answers. Needs no token."""
+    try:
+        check_connection(get_engine(request))
+    except Exception:
+        logger.exception("Database health check failed")
+        raise ServiceUnavailable("Database unavailable") from None
+    return DatabaseHealth(database="connected")
+
+
+# ---------------------------------------------------------------- tasks
+
+
+@api.post("/tasks", response_model=TaskRead, status_code=status.HTTP_201_CREATED, tags=["tasks"], responses=RULE_ERRORS)
+def create_task(data: TaskCreate, session: SessionDep, user: CurrentUser) -> Task:
+    """Create a task; it starts `pending`."""
+    return services.create_task(session, user, data)
+
+
+@api.get("/tasks", response_model=list[TaskRead], tags=["tasks"])
+def list_tasks(
+    filters: Annotated[TaskQuery, Query()], response: Response, session: SessionDep, user: CurrentUser
+) -> list[Task]:
+    """List the tasks you can see; the total matching count is in `X-Total-Count`."""
+    tasks, total = services.list_tasks(session, user, filters)
+    response.headers["X-Total-Count"] = str(total)
+    return tasks
+
+
+@api.get("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"])
+def get_task(task_id: TaskId, session: SessionDep, user: CurrentUser) -> Task:
+    """Get one task."""
+    return services.get_task(session, user, task_id)
+
+
+@api.patch("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"], responses=RULE_ERRORS)
+def update_task(task_id: TaskId, data: TaskUpdate, session: SessionDep, user: CurrentUser) -> Task:
+    """Change the fields sent; a `status` change follows the same state machine as the actions."""
+    return services.update_task(session, user, task_id, data)
+
+
+@api.delete("/tasks/{task_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["tasks"], responses=RULE_ERRORS)
+def delete_task(task_id: TaskId, session: SessionDep, user: CurrentUser) -> None:
+    """Delete a task without subtasks (its creator, a project owner or an admin)."""
+    services.delete_task(session, user, task_id)
+
+
+@api.get("/tasks/{task_id}/audit", response_model=list[AuditRead], tags=["audit"])
+def task_history(
+    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0
+) -> list[Any]:
+    """A task's audit trail, oldest first; the total is in `X-Total-Count`."""
+    rows, total = services.task_history(session, user, task_id, limit, offset)
+    response.headers["X-Total-Count"] = str(total)
+    return rows
+
+
+# ---------------------------------------------------------------- the workflow
+
+
+@api.post("/tasks/{task_id}/start", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+def start_task(task_id: TaskId, session: SessionDep, user: CurrentUser) -> Task:
+    """Claim a pending task (unassigned, or assigned to you) and begin work on it."""
+    return services.start_task(session, user, task_id)
+
+
+@api.post("/tasks/{task_id}/progress", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+def update_progress(
+    task_id: TaskId,
+    session: SessionDep,
+    user: CurrentUser,
+    percent: Annotated[int, Query(ge=0, le=100, description="Progress, 0 to 100")],
+    note: Annotated[str | None, Query(max_length=2000, pattern=r"^[^\x00]*$", description="What was done")] = None,
+) -> Task:
+    """Report progress on a task in progress (its assignee)."""
+    return services.update_progress(session, user, task_id, percent, note)
+
+
+@api.post("/tasks/{task_id}/review", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+def submit_for_review(task_id: TaskId, session: SessionDep, user: CurrentUser) -> Task:
+    """Hand a task in progress over for review (its assignee)."""
+    return services.submit_for_review(session, user, task_id)
+
+
+@api.post("/tasks/{task_id}/complete", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+def complete_task(task_id: TaskId, session: SessionDep, user: CurrentUser) -> Task:
+    """Complete a task in progress or in review (its assignee or a project owner); progress becomes 100."""
+    return services.complete_task(session, user, task_id)
+
+
+@api.post("/tasks/{task_id}/block", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+def block_task(
+    task_id: TaskId,
+    session: SessionDep,
+    user: CurrentUser,
+    reason: Annotated[
+        str, Query(min_length=1, max_length=2000, pattern=r"^[^\x00]*\S[^\x00]*$", description="Why it is blocked")
+    ],
+) -> Task:
+    """Mark a pending, in-progress or in-review task as blocked, with a reason."""
+    return services.block_task(session, user, task_id, reason.strip())
+
+
+@api.post("/tasks/{task_id}/unblock", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+def unblock_task(task_id: TaskId, session: SessionDep, user: CurrentUser) -> Task:
+    """Unblock a task: back to in_progress if it has an assignee, else to pending."""
+    return services.unblock_task(session, user, task_id)
+
+
+# ---------------------------------------------------------------- projects
+
+
+@api.post(
+    "/projects",
+    response_model=ProjectRead,
+    status_code=status.HTTP_201_CREATED,
+    tags=["projects"],
+    responses=RULE_ERRORS,
+)
+def create_project(data: ProjectCreate, session: SessionDep, user: CurrentUser) -> Project:
+    """Create a project; you become its owner."""
+    return services.create_project(session, user, data)
+
+
+@api.get("/projects", response_model=list[ProjectRead], tags=["projects"])
+def list_projects(
+    response: Response, session: SessionDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0
+) -> list[Project]:
+    """List the projects you are a member of; the total is in `X-Total-Count`."""
+    projects, total = services.list_projects(session, user, limit, offset)
+    response.headers["X-Total-Count"] = str(total)
+    return projects
+
+
+@api.get("/projects/{slug}", response_model=ProjectRead, tags=["projects"])
+def get_project(slug: ProjectSlug, session: SessionDep, user: CurrentUser) -> Project:
+    """Get one project."""
+    return services.get_project(session, user, slug)
+
+
+@api.patch("/projects/{slug}", response_model=ProjectRead, tags=["projects"], responses=RULE_ERRORS)
+def update_project(slug: ProjectSlug, data: ProjectUpdate, session: SessionDep, user: CurrentUser) -> Project:
+    """Rename or describe a project (an owner)."""
+    return services.update_project(session, user, slug, data)
+
+
+@api.delete("/projects/{slug}", status_code=status.HTTP_204_NO_CONTENT, tags=["projects"], responses=RULE_ERRORS)
+def delete_project(slug: ProjectSlug, session: SessionDep, user: CurrentUser) -> None:
+    """Delete a project that has no tasks (an owner)."""
+    services.delete_project(session, user, slug)
+
+
+@api.get("/projects/{slug}/members", response_model=list[MemberRead], tags=["projects"])
+def list_members(
+    slug: ProjectSlug, response: Response, session: SessionDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0
+) -> list[ProjectMember]:
+    """List a project's members; the total is in `X-Total-Count`."""
+    members, total = services.list_members(session, user, slug, limit, offset)
+    response.headers["X-Total-Count"] = str(total)
+    return members
+
+
+@api.post(
+    "/projects/{slug}/members",
+    response_model=MemberRead,
+    status_code=status.HTTP_201_CREATED,
+    tags=["projects"],
+    responses=RULE_ERRORS,
+)
+def add_member(slug: ProjectSlug, data: MemberCreate, session: SessionDep, user: CurrentUser) -> ProjectMember:
+    """Add a registered worker to a project (an owner)."""
+    return services.add_member(session, user, slug, data)
+
+
+@api.patch("/projects/{slug}/members/{worker_id}", response_model=MemberRead, tags=["projects"], responses=RULE_ERRORS)
+def update_member(
+    slug: ProjectSlug, worker_id: WorkerIdPath, data: MemberUpdate, session: SessionDep, user: CurrentUser
+) -> ProjectMember:
+    """Change a member's role (an owner); a project always keeps one owner."""
+    return services.update_member(session, user, slug, worker_id, data)
+
+
+@api.delete(
+    "/projects/{slug}/members/{worker_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["projects"],
+    responses=RULE_ERRORS,
+)
+def remove_member(slug: ProjectSlug, worker_id: WorkerIdPath, session: SessionDep, user: CurrentUser) -> None:
+    """Remove a member (an owner), or leave (yourself); never the last owner."""
+    services.remove_member(session, user, slug, worker_id)
+
+
+# ---------------------------------------------------------------- workers
+
+
+@api.get("/workers", response_model=list[WorkerRead], tags=["workers"])
+def list_workers(
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    type: WorkerType | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> list[Worker]:
+    """List registered workers, humans and agents; the total is in `X-Total-Count`."""
+    workers, total = services.list_workers(session, user, limit, offset, type)
+    response.headers["X-Total-Count"] = str(total)
+    return workers
+
+
+@api.get("/workers/{worker_id}", response_model=WorkerRead, tags=["workers"])
+def get_worker(worker_id: WorkerIdPath, session: SessionDep, user: CurrentUser) -> Worker:
+    """Get one worker."""
+    return services.get_worker(session, user, worker_id)
+
+
+@api.post(
+    "/workers", response_model=WorkerRead, status_code=status.HTTP_201_CREATED, tags=["workers"], responses=RULE_ERRORS
+)
+def register_worker(data: WorkerCreate, session: SessionDep, user: CurrentUser) -> Worker:
+    """Register a worker: yourself, or (an admin) any id, such as an agent's."""
+    return services.register_worker(session, user, data)
+
+
+@api.patch("/workers/{worker_id}", response_model=WorkerRead, tags=["workers"], responses=RULE_ERRORS)
+def update_worker(worker_id: WorkerIdPath, data: WorkerUpdate, session: SessionDep, user: CurrentUser) -> Worker:
+    """Rename yourself; an admin may change any worker, and its type."""
+    return services.update_worker(session, user, worker_id, data)
+
+
+# ---------------------------------------------------------------- audit
+
+
+@api.get("/audit", response_model=list[AuditRead], tags=["audit"])
+def list_audit(
+    filters: Annotated[AuditQuery, Query()], response: Response, session: SessionDep, user: CurrentUser
+) -> list[Any]:
+    """Audit rows about the tasks and projects you can see, newest first; the total is in `X-Total-Count`."""
+    rows, total = services.list_audit(session, user, filters)
+    response.headers["X-Total-Count"] = str(total)
+    return rows
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _envelope(status_code: int, code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": message, "status_code": status_code, "code": code, **extra}
+
+
+def handle_taskflow_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TaskFlowError)
+    return JSONResponse(
+        _envelope(exc.status_code, exc.code, exc.message), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+def handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+        for error in jsonable_encoder(exc.errors())
+    ]
+    first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(part) for part in first["loc"])
+    message = f"Invalid request: {where}: {first['msg']}" if where else f"Invalid request: {first['msg']}"
+    return JSONResponse(_envelope(422, "validation_error", message, detail=detail), status_code=422)
+
+
+HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+
+
+def handle_http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
+    message = exc.detail if isinstance(exc.detail, str) else "Request failed"
+    return JSONResponse(_envelope(exc.status_code, code, message), status_code=exc.status_code, headers=exc.headers)
+
+
+def handle_data_error(_request: Request, _exc: Exception) -> JSONResponse:
+    # A value the database refused (out of range, malformed): the client's fault, and no data is saved.
+    return JSONResponse(_envelope(400, "bad_request", "A value was refused by the database"), status_code=400)
+
+
+def handle_unexpected_error(request: Request, _exc: Exception) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", None)
+    logger.exception("Unhandled error in %s %s (request %s)", request.method, request.url.path, request_id)
+    return JSONResponse(
+        _envelope(500, "internal_error", "Internal server error", request_id=request_id),
+        status_code=500,
+        headers={"X-Request-ID": request_id} if request_id else None,
+    )
+
+
+# ---------------------------------------------------------------- request ids
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    """Give every response an `X-Request-ID`: the caller's, if it sent a sane one, else a new one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        token = current_request_id.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            current_request_id.reset(token)
+
+
+# ---------------------------------------------------------------- the app
+
+
+def build_verifier(settings: Settings) -> JWKSVerifier:
+    static_keys = {}
+    if settings.dev_auth:
+        key = devtoken.load_or_create_key(settings.dev_key_file)
+        static_keys[devtoken.key_id(key)] = devtoken.public_jwk(key)
+        logger.warning(
+            "DEV_AUTH is on: tokens signed by the local development key %s are trusted. Never do this in production.",
+            settings.dev_key_file,
+        )
+    return JWKSVerifier(
+        settings.jwks_url,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        cache_ttl=settings.jwks_cache_ttl,
+        static_keys=static_keys,
+    )
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("taskflow").setLevel(level)
+    # SQL statements only at DEBUG.
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_db_engine(
+            settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+        )
+        verifier = build_verifier(settings)
+        try:
+            if settings.auto_migrate:
+                migrate(engine)
+            app.state.engine = engine
+            app.state.verifier = verifier
+            yield
+        finally:
+            verifier.close()
+            engine.dispose()
+
+    app = FastAPI(title="TaskFlow", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.include_router(public)
+    app.include_router(api)
+    app.add_exception_handler(TaskFlowError, handle_taskflow_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)
+    app.add_exception_handler(DataError, handle_data_error)
+    app.add_exception_handler(Exception, handle_unexpected_error)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.allowed_origins,
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key", "If-Match"],
+        expose_headers=["X-Total-Count", "X-Request-ID", "ETag"],
+        max_age=600,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,401 @@
+"""SQLModel tables, the request/response schemas built on them, and their enums.
+
+No queries, sessions or FastAPI imports here: this module is the shape of the data.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, StringConstraints, field_validator
+from pydantic import Field as PydanticField
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+# Named constraints, so later migrations (batch mode on SQLite) can find and alter them.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """An aware UTC datetime on every backend.
+
+    PostgreSQL keeps `timestamptz`; SQLite has no time zones, so the value is stored
+    as naive UTC and given its offset back when read.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = as_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Naive datetimes are taken to be UTC already; aware ones are converted."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def string_enum(enum_class: type[enum.Enum]) -> sa.Enum:
+    # A VARCHAR holding the value, not a native PostgreSQL enum, so a new member
+    # needs no migration of the type.
+    return sa.Enum(
+        enum_class,
+        native_enum=False,
+        length=20,
+        values_callable=lambda members: [member.value for member in members],
+        validate_strings=True,
+    )
+
+
+class TaskStatus(enum.StrEnum):
+    pending = "pending"
+    in_progress = "in_progress"
+    review = "review"
+    completed = "completed"
+    blocked = "blocked"
+
+
+class TaskPriority(enum.StrEnum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+
+PRIORITY_RANK = {TaskPriority.low: 1, TaskPriority.medium: 2, TaskPriority.high: 3, TaskPriority.critical: 4}
+
+
+class WorkerType(enum.StrEnum):
+    human = "human"
+    agent = "agent"
+
+
+class ProjectRole(enum.StrEnum):
+    owner = "owner"
+    member = "member"
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refusing it here keeps it a 422 instead of a 500.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _zero_is_none(value: Any) -> Any:
+    # Swagger UI fills empty integer fields with 0; no row ever has id 0.
+    return None if value == 0 else value
+
+
+def _not_null(value: Any) -> Any:
+    # Runs only for fields a client sent: an explicit null for a field that cannot be empty.
+    if value is None:
+        raise ValueError("may not be null")
+    return value
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return None if value is None else as_utc(value)
+
+
+MAX_ID = 2_147_483_647  # ids are 32-bit integers on PostgreSQL
+SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+WORKER_ID_PATTERN = r"^[A-Za-z0-9@._:+-]+$"
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+Title = Annotated[
+    Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_not_blank)
+]
+Description = Annotated[Text, StringConstraints(max_length=10_000)]
+Name = Annotated[Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Slug = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SLUG_PATTERN)]
+WorkerId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=WORKER_ID_PATTERN)]
+Id = Annotated[int, PydanticField(ge=1, le=MAX_ID)]
+ParentId = Annotated[Id | None, BeforeValidator(_zero_is_none)]
+DueDate = Annotated[datetime | None, AfterValidator(_aware)]
+
+# Request bodies refuse unknown fields, so a typo is a 422 instead of a silent no-op.
+STRICT_BODY = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- workers
+
+
+class TaskSort(enum.StrEnum):
+    created_at = "created_at"
+    created_at_desc = "-created_at"
+    updated_at = "updated_at"
+    updated_at_desc = "-updated_at"
+    priority = "priority"
+    priority_desc = "-priority"
+    due_date = "due_date"
+    due_date_desc = "-due_date"
+
+
+class Worker(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=128)
+    type: WorkerType = Field(sa_type=string_enum(WorkerType))
+    name: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+
+
+class WorkerCreate(SQLModel):
+    model_config = STRICT_BODY
+
+    id: WorkerId
+    type: WorkerType = WorkerType.human
+    name: Name
+
+
+class WorkerUpdate(SQLModel):
+    model_config = STRICT_BODY
+
+    type: WorkerType | None = None
+    name: Name | None = None
+
+    _required = field_validator("type", "name")(_not_null)
+
+
+class WorkerRead(SQLModel):
+    id: str
+    type: WorkerType
+    name: str
+    created_at: datetime
+
+
+# ---------------------------------------------------------------- projects
+
+
+class Project(SQLModel, table=True):
+    slug: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    description: str | None = Field(default=None, sa_type=sa.Text)
+    created_by: str = Field(foreign_key="worker.id", max_length=128)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+
+
+class ProjectCreate(SQLModel):
+    model_config = STRICT_BODY
+
+    slug: Slug
+    name: Name
+    description: Description | None = None
+
+
+class ProjectUpdate(SQLModel):
+    model_config = STRICT_BODY
+
+    name: Name | None = None
+    description: Description | None = None
+
+    _required = field_validator("name")(_not_null)
+
+
+class ProjectRead(SQLModel):
+    slug: str
+    name: str
+    description: str | None
+    created_by: str
+    created_at: datetime
+
+
+class ProjectMember(SQLModel, table=True):
+    __tablename__ = "project_member"
+
+    project_slug: str = Field(foreign_key="project.slug", primary_key=True, max_length=64, ondelete="CASCADE")
+    worker_id: str = Field(foreign_key="worker.id", primary_key=True, max_length=128, index=True)
+    role: ProjectRole = Field(default=ProjectRole.member, sa_type=string_enum(ProjectRole))
+    added_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+
+
+class MemberCreate(SQLModel):
+    model_config = STRICT_BODY
+
+    worker_id: WorkerId
+    role: ProjectRole = ProjectRole.member
+
+
+class MemberUpdate(SQLModel):
+    model_config = STRICT_BODY
+
+    role: ProjectRole
+
+
+class MemberRead(SQLModel):
+    project_slug: str
+    worker_id: str
+    role: ProjectRole
+    added_at: datetime
+
+
+# ---------------------------------------------------------------- tasks
+
+
+class Task(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    title: str = Field(max_length=200)
+    description: str | None = Field(default=None, sa_type=sa.Text)
+    status: TaskStatus = Field(default=TaskStatus.pending, sa_type=string_enum(TaskStatus), index=True)
+    priority: TaskPriority = Field(default=TaskPriority.medium, sa_type=string_enum(TaskPriority))
+    progress_percent: int = Field(
+        default=0, sa_column_args=[sa.CheckConstraint("progress_percent BETWEEN 0 AND 100", name="progress_range")]
+    )
+    assigned_to: str | None = Field(default=None, foreign_key="worker.id", max_length=128, index=True)
+    project_slug: str | None = Field(default=None, foreign_key="project.slug", max_length=64, index=True)
+    parent_id: int | None = Field(default=None, foreign_key="task.id", index=True)
+    due_date: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_by: str = Field(foreign_key="worker.id", max_length=128, index=True)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+
+
+class TaskCreate(SQLModel):
+    """A new task always starts `pending`; status changes go through the workflow."""
+
+    model_config = STRICT_BODY
+
+    title: Title
+    description: Description | None = None
+    priority: TaskPriority = TaskPriority.medium
+    assigned_to: WorkerId | None = None
+    project_slug: Slug | None = None
+    parent_id: ParentId = None
+    due_date: DueDate = None
+
+
+class TaskUpdate(SQLModel):
+    """Only the fields sent are changed; `null` clears a nullable field."""
+
+    model_config = STRICT_BODY
+
+    title: Title | None = None
+    description: Description | None = None
+    status: TaskStatus | None = None
+    priority: TaskPriority | None = None
+    assigned_to: WorkerId | None = None
+    project_slug: Slug | None = None
+    parent_id: ParentId = None
+    due_date: DueDate = None
+
+    _required = field_validator("title", "status", "priority")(_not_null)
+
+
+class TaskRead(SQLModel):
+    id: int
+    title: str
+    description: str | None
+    status: TaskStatus
+    priority: TaskPriority
+    progress_percent: int
+    assigned_to: str | None
+    project_slug: str | None
+    parent_id: int | None
+    due_date: datetime | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskQuery(SQLModel):
+    """The filters of `GET /api/tasks`; `parent_id=0` (Swagger's empty value) means no filter."""
+
+    status: TaskStatus | None = None
+    priority: TaskPriority | None = None
+    assigned_to: WorkerId | None = None
+    project: Slug | None = None
+    parent_id: ParentId = None
+    q: Annotated[Text, StringConstraints(max_length=200)] | None = None
+    sort: TaskSort = TaskSort.created_at
+    limit: int = PydanticField(default=50, ge=1, le=100)
+    offset: int = PydanticField(default=0, ge=0, le=MAX_ID)
+
+
+# ---------------------------------------------------------------- audit
+
+
+class AuditLog(SQLModel, table=True):
+    """One row per change. No foreign key to tasks: history outlives a deleted task."""
+
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int | None = Field(default=None, index=True)
+    project_slug: str | None = Field(default=None, max_length=64, index=True)
+    actor_id: str = Field(max_length=128, index=True)
+    actor_type: WorkerType = Field(sa_type=string_enum(WorkerType))
+    action: str = Field(max_length=64, index=True)
+    context: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON().with_variant(JSONB(), "postgresql"))
+    request_id: str | None = Field(default=None, max_length=128)
+    timestamp: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime, index=True)
+
+
+class AuditRead(SQLModel):
+    id: int
+    task_id: int | None
+    project_slug: str | None
+    actor_id: str
+    actor_type: WorkerType
+    action: str
+    context: dict[str, Any]
+    request_id: str | None
+    timestamp: datetime
+
+
+class AuditQuery(SQLModel):
+    """The filters of `GET /api/audit`: `since` is inclusive, `until` exclusive."""
+
+    task_id: Id | None = None
+    project: Slug | None = None
+    actor_id: WorkerId | None = None
+    action: Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z_.]+$")] | None = None
+    since: DueDate = None
+    until: DueDate = None
+    limit: int = PydanticField(default=50, ge=1, le=100)
+    offset: int = PydanticField(default=0, ge=0, le=MAX_ID)
+
+
+# ---------------------------------------------------------------- plain responses
+
+
+class ErrorBody(SQLModel):
+    error: str
+    status_code: int
+    code: str
+    detail: list[dict[str, Any]] | None = None
+    request_id: str | None = None
+
+
+class Health(SQLModel):
+    status: str
+    version: str
+
+
+class DatabaseHealth(SQLModel):
+    database: str

@@ -1,0 +1,646 @@
+"""Every business and access rule, and the task state machine.
+
+Plain functions `verb_noun(session, actor, ...)`. They read and write through the
+session they are given and may `flush`, but never commit: the request's transaction
+does that once. Access is filtered in SQL; what a caller may not see is `NotFound`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, case, delete, func, or_, true
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+import audit
+from auth import Principal
+from errors import BadRequest, Conflict, Forbidden, InvalidTransition, NotFound
+from models import (
+    PRIORITY_RANK,
+    AuditLog,
+    AuditQuery,
+    MemberCreate,
+    MemberUpdate,
+    Project,
+    ProjectCreate,
+    ProjectMember,
+    ProjectRole,
+    ProjectUpdate,
+    Task,
+    TaskCreate,
+    TaskQuery,
+    TaskSort,
+    TaskStatus,
+    TaskUpdate,
+    Worker,
+    WorkerCreate,
+    WorkerType,
+    WorkerUpdate,
+    utc_now,
+)
+
+# How deep a chain of subtasks may go; it also bounds the cycle check.
+MAX_TASK_DEPTH = 100
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The authenticated caller, as the worker registry knows it."""
+
+    id: str
+    type: WorkerType
+    role: str = "user"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def paginate(session: Session, query: Select[Any], limit: int, offset: int, *order_by: Any) -> tuple[list[Any], int]:
+    """One page of `query` and the count of all its rows: two statements, whatever the page size."""
+    total = session.exec(select(func.count()).select_from(query.order_by(None).subquery())).one()
+    rows = session.exec(query.order_by(*order_by).limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+# ---------------------------------------------------------------- who may see what
+
+
+def _my_projects(actor: Actor) -> Select[Any]:
+    return select(ProjectMember.project_slug).where(ProjectMember.worker_id == actor.id)
+
+
+def _visible_task(actor: Actor) -> ColumnElement[bool]:
+    """Tasks in my projects, and project-less tasks I created or am assigned."""
+    if actor.is_admin:
+        return true()
+    return or_(
+        col(Task.project_slug).in_(_my_projects(actor)),
+        (col(Task.project_slug).is_(None)) & ((Task.created_by == actor.id) | (Task.assigned_to == actor.id)),
+    )
+
+
+def _visible_project(actor: Actor) -> ColumnElement[bool]:
+    return true() if actor.is_admin else col(Project.slug).in_(_my_projects(actor))
+
+
+def _visible_audit(actor: Actor) -> ColumnElement[bool]:
+    if actor.is_admin:
+        return true()
+    my_loose_tasks = select(Task.id).where(
+        col(Task.project_slug).is_(None), (Task.created_by == actor.id) | (Task.assigned_to == actor.id)
+    )
+    return or_(
+        col(AuditLog.project_slug).in_(_my_projects(actor)),
+        col(AuditLog.project_slug).is_(None) & col(AuditLog.task_id).in_(my_loose_tasks),
+        # Rows about no task and no project (worker registrations) belong to whoever wrote them.
+        col(AuditLog.project_slug).is_(None) & col(AuditLog.task_id).is_(None) & (AuditLog.actor_id == actor.id),
+    )
+
+
+def _member_role(session: Session, project_slug: str, worker_id: str) -> ProjectRole | None:
+    return session.exec(
+        select(ProjectMember.role).where(
+            ProjectMember.project_slug == project_slug, ProjectMember.worker_id == worker_id
+        )
+    ).first()
+
+
+def _is_task_owner(session: Session, actor: Actor, task: Task) -> bool:
+    """A project owner for a project's task; its creator for a task without a project."""
+    if actor.is_admin:
+        return True
+    if task.project_slug is None:
+        return task.created_by == actor.id
+    return _member_role(session, task.project_slug, actor.id) == ProjectRole.owner
+
+
+# ---------------------------------------------------------------- workers
+
+
+def authenticate(session: Session, principal: Principal) -> Actor:
+    """The worker behind a verified token; a human's row is created on first sight."""
+    worker = session.get(Worker, principal.id)
+    if worker is None:
+        name = (principal.name or principal.email or principal.id)[:200]
+        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        # Two first requests at once must not collide on the primary key.
+        result = session.exec(  # type: ignore[call-overload]
+            insert(Worker)
+            .values(id=principal.id, type=WorkerType.human, name=name, created_at=utc_now())
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        actor = Actor(id=principal.id, type=WorkerType.human, role=principal.role)
+        if result.rowcount == 1:
+            audit.record(session, actor, "worker.registered", context={"type": [None, "human"], "name": [None, name]})
+            return actor
+        worker = session.get(Worker, principal.id)
+        assert worker is not None
+    return Actor(id=worker.id, type=worker.type, role=principal.role)
+
+
+def list_workers(
+    session: Session, _actor: Actor, limit: int, offset: int, type: WorkerType | None = None
+) -> tuple[list[Worker], int]:
+    # The worker directory is the board's roster: every signed-in caller may read it,
+    # so that tasks can be assigned and members added by id.
+    query = select(Worker)
+    if type is not None:
+        query = query.where(Worker.type == type)
+    return paginate(session, query, limit, offset, Worker.id)
+
+
+def get_worker(session: Session, _actor: Actor, worker_id: str) -> Worker:
+    worker = session.get(Worker, worker_id)
+    if worker is None:
+        raise NotFound(f"Worker '{worker_id}' not found")
+    return worker
+
+
+def register_worker(session: Session, actor: Actor, data: WorkerCreate) -> Worker:
+    if not actor.is_admin and data.id != actor.id:
+        raise Forbidden("You may register only your own worker id; an admin registers others, such as agents")
+    if session.get(Worker, data.id) is not None:
+        raise Conflict(f"Worker '{data.id}' is already registered")
+    worker = Worker(id=data.id, type=data.type, name=data.name)
+    session.add(worker)
+    _flush_or_conflict(session, f"Worker '{data.id}' is already registered")
+    audit.record(session, actor, "worker.registered", context=audit.changes({}, data.model_dump()))
+    return worker
+
+
+def update_worker(session: Session, actor: Actor, worker_id: str, data: WorkerUpdate) -> Worker:
+    worker = get_worker(session, actor, worker_id)
+    fields = data.model_dump(exclude_unset=True)
+    if not actor.is_admin:
+        if worker.id != actor.id:
+            raise Forbidden("You may change only your own worker")
+        if "type" in fields and fields["type"] != worker.type:
+            raise Forbidden("Only an admin may change a worker's type")
+    diff = audit.changes(worker.model_dump(), fields)
+    if diff:
+        for field, value in fields.items():
+            setattr(worker, field, value)
+        session.add(worker)
+        audit.record(session, actor, "worker.updated", context={"worker_id": worker.id, **diff})
+    return worker
+
+
+# ---------------------------------------------------------------- projects
+
+
+def list_projects(session: Session, actor: Actor, limit: int, offset: int) -> tuple[list[Project], int]:
+    return paginate(session, select(Project).where(_visible_project(actor)), limit, offset, Project.slug)
+
+
+def get_project(session: Session, actor: Actor, slug: str, *, for_update: bool = False) -> Project:
+    query = select(Project).where(Project.slug == slug, _visible_project(actor))
+    if for_update:
+        query = query.with_for_update()
+    project = session.exec(query).first()
+    if project is None:
+        raise NotFound(f"Project '{slug}' not found")
+    return project
+
+
+def _require_project_owner(session: Session, actor: Actor, project: Project) -> None:
+    if not actor.is_admin and _member_role(session, project.slug, actor.id) != ProjectRole.owner:
+        raise Forbidden(f"Only an owner of project '{project.slug}' may do this")
+
+
+def create_project(session: Session, actor: Actor, data: ProjectCreate) -> Project:
+    # A slug is a global name: a taken one is a conflict even when its project is not yours.
+    if session.get(Project, data.slug) is not None:
+        raise Conflict(f"Project '{data.slug}' already exists")
+    project = Project(**data.model_dump(), created_by=actor.id)
+    session.add(project)
+    _flush_or_conflict(session, f"Project '{data.slug}' already exists")
+    session.add(ProjectMember(project_slug=project.slug, worker_id=actor.id, role=ProjectRole.owner))
+    audit.record(
+        session, actor, "project.created", project_slug=project.slug, context=audit.changes({}, data.model_dump())
+    )
+    return project
+
+
+def update_project(session: Session, actor: Actor, slug: str, data: ProjectUpdate) -> Project:
+    project = get_project(session, actor, slug, for_update=True)
+    _require_project_owner(session, actor, project)
+    fields = data.model_dump(exclude_unset=True)
+    diff = audit.changes(project.model_dump(), fields)
+    if diff:
+        for field, value in fields.items():
+            setattr(project, field, value)
+        session.add(project)
+        audit.record(session, actor, "project.updated", project_slug=slug, context=diff)
+    return project
+
+
+def delete_project(session: Session, actor: Actor, slug: str) -> None:
+    project = get_project(session, actor, slug, for_update=True)
+    _require_project_owner(session, actor, project)
+    tasks = session.exec(select(func.count()).where(Task.project_slug == slug)).one()
+    if tasks:
+        raise BadRequest(f"Project '{slug}' still has {tasks} task(s); delete or move them first")
+    session.exec(delete(ProjectMember).where(col(ProjectMember.project_slug) == slug))  # type: ignore[call-overload]
+    session.delete(project)
+    audit.record(
+        session,
+        actor,
+        "project.deleted",
+        project_slug=slug,
+        context=audit.changes(project.model_dump(), {"name": None}),
+    )
+
+
+def list_members(session: Session, actor: Actor, slug: str, limit: int, offset: int) -> tuple[list[ProjectMember], int]:
+    get_project(session, actor, slug)
+    query = select(ProjectMember).where(ProjectMember.project_slug == slug)
+    return paginate(session, query, limit, offset, ProjectMember.worker_id)
+
+
+def add_member(session: Session, actor: Actor, slug: str, data: MemberCreate) -> ProjectMember:
+    project = get_project(session, actor, slug, for_update=True)
+    _require_project_owner(session, actor, project)
+    if session.get(Worker, data.worker_id) is None:
+        raise NotFound(f"Worker '{data.worker_id}' not found")
+    if _member_role(session, slug, data.worker_id) is not None:
+        raise Conflict(f"Worker '{data.worker_id}' is already a member of '{slug}'")
+    member = ProjectMember(project_slug=slug, worker_id=data.worker_id, role=data.role)
+    session.add(member)
+    _flush_or_conflict(session, f"Worker '{data.worker_id}' is already a member of '{slug}'")
+    audit.record(session, actor, "member.added", project_slug=slug, context=audit.changes({}, data.model_dump()))
+    return member
+
+
+def _get_member(session: Session, slug: str, worker_id: str) -> ProjectMember:
+    member = session.get(ProjectMember, (slug, worker_id))
+    if member is None:
+        raise NotFound(f"Worker '{worker_id}' is not a member of '{slug}'")
+    return member
+
+
+def _owner_count(session: Session, slug: str) -> int:
+    return session.exec(
+        select(func.count()).where(ProjectMember.project_slug == slug, ProjectMember.role == ProjectRole.owner)
+    ).one()
+
+
+def update_member(session: Session, actor: Actor, slug: str, worker_id: str, data: MemberUpdate) -> ProjectMember:
+    project = get_project(session, actor, slug, for_update=True)
+    _require_project_owner(session, actor, project)
+    member = _get_member(session, slug, worker_id)
+    if member.role == data.role:
+        return member
+    if member.role == ProjectRole.owner and _owner_count(session, slug) == 1:
+        raise Conflict(f"'{worker_id}' is the last owner of '{slug}'; make someone else an owner first")
+    diff = {"worker_id": worker_id, **audit.changes({"role": member.role}, {"role": data.role})}
+    member.role = data.role
+    session.add(member)
+    audit.record(session, actor, "member.updated", project_slug=slug, context=diff)
+    return member
+
+
+def remove_member(session: Session, actor: Actor, slug: str, worker_id: str) -> None:
+    project = get_project(session, actor, slug, for_update=True)
+    if worker_id != actor.id:  # anyone may leave; only owners remove others
+        _require_project_owner(session, actor, project)
+    member = _get_member(session, slug, worker_id)
+    if member.role == ProjectRole.owner and _owner_count(session, slug) == 1:
+        raise Conflict(f"'{worker_id}' is the last owner of '{slug}' and cannot be removed")
+    open_tasks = session.exec(
+        select(func.count()).where(
+            Task.project_slug == slug, Task.assigned_to == worker_id, Task.status != TaskStatus.completed
+        )
+    ).one()
+    if open_tasks:
+        raise Conflict(f"'{worker_id}' is assigned {open_tasks} open task(s) in '{slug}'; reassign them first")
+    session.delete(member)
+    audit.record(
+        session,
+        actor,
+        "member.removed",
+        project_slug=slug,
+        context={"worker_id": [worker_id, None], "role": [member.role.value, None]},
+    )
+
+
+# ---------------------------------------------------------------- tasks
+
+_SORT_COLUMNS: dict[str, Any] = {
+    "created_at": Task.created_at,
+    "updated_at": Task.updated_at,
+    "due_date": Task.due_date,
+    "priority": case(PRIORITY_RANK, value=Task.priority),
+}
+
+
+def _task_order(sort: TaskSort) -> list[Any]:
+    descending = sort.value.startswith("-")
+    key = sort.value.lstrip("-")
+    column = _SORT_COLUMNS[key]
+    primary = column.desc() if descending else column.asc()
+    if key == "due_date":
+        primary = primary.nulls_last()
+    return [primary, col(Task.id).desc() if descending else col(Task.id).asc()]
+
+
+def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> tuple[list[Task], int]:
+    query = select(Task).where(_visible_task(actor))
+    if filters.status is not None:
+        query = query.where(Task.status == filters.status)
+    if filters.priority is not None:
+        query = query.where(Task.priority == filters.priority)
+    if filters.assigned_to is not None:
+        query = query.where(Task.assigned_to == filters.assigned_to)
+    if filters.project is not None:
+        query = query.where(Task.project_slug == filters.project)
+    if filters.parent_id is not None:
+        query = query.where(Task.parent_id == filters.parent_id)
+    if filters.q:
+        query = query.where(col(Task.title).icontains(filters.q, autoescape=True))
+    return paginate(session, query, filters.limit, filters.offset, *_task_order(filters.sort))
+
+
+def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool = False) -> Task:
+    query = select(Task).where(Task.id == task_id, _visible_task(actor))
+    if for_update:
+        query = query.with_for_update()
+    task = session.exec(query).first()
+    if task is None:
+        raise NotFound(f"Task {task_id} not found")
+    return task
+
+
+def _check_project_for_task(session: Session, actor: Actor, slug: str) -> None:
+    get_project(session, actor, slug)
+    if not actor.is_admin and _member_role(session, slug, actor.id) is None:
+        raise NotFound(f"Project '{slug}' not found")
+
+
+def _check_assignee(session: Session, worker_id: str, project_slug: str | None) -> None:
+    if session.get(Worker, worker_id) is None:
+        raise NotFound(f"Worker '{worker_id}' not found")
+    if project_slug is not None and _member_role(session, project_slug, worker_id) is None:
+        raise BadRequest(f"'{worker_id}' is not a member of project '{project_slug}' and cannot be assigned its tasks")
+
+
+def _check_parent(session: Session, actor: Actor, task: Task, parent_id: int) -> None:
+    """The parent must be visible, in the task's project, and not the task or one of its descendants."""
+    parent = get_task(session, actor, parent_id)
+    if parent.project_slug != task.project_slug:
+        raise BadRequest("A subtask must be in the same project as its parent")
+    if task.id is None:
+        return
+    ancestors = select(Task.id, Task.parent_id).where(Task.id == parent_id).cte("ancestors", recursive=True)
+    ancestors = ancestors.union_all(select(Task.id, Task.parent_id).join(ancestors, Task.id == ancestors.c.parent_id))
+    chain = session.exec(select(ancestors.c.id).limit(MAX_TASK_DEPTH + 1)).all()
+    if task.id in chain:
+        raise BadRequest(f"Task {parent_id} is task {task.id} or one of its subtasks: that would make a cycle")
+    if len(chain) > MAX_TASK_DEPTH:
+        raise BadRequest(f"Subtasks may nest at most {MAX_TASK_DEPTH} deep")
+
+
+def create_task(session: Session, actor: Actor, data: TaskCreate) -> Task:
+    task = Task(**data.model_dump(), created_by=actor.id)
+    task.updated_at = task.created_at
+    if task.project_slug is not None:
+        _check_project_for_task(session, actor, task.project_slug)
+    if task.assigned_to is not None:
+        _check_assignee(session, task.assigned_to, task.project_slug)
+    if task.parent_id is not None:
+        _check_parent(session, actor, task, task.parent_id)
+    session.add(task)
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "task.created",
+        task_id=task.id,
+        project_slug=task.project_slug,
+        context=audit.changes({}, data.model_dump(exclude_none=True)),
+    )
+    return task
+
+
+def update_task(session: Session, actor: Actor, task_id: int, data: TaskUpdate) -> Task:
+    task = get_task(session, actor, task_id, for_update=True)
+    before = task.model_dump()
+    fields = data.model_dump(exclude_unset=True)
+    target_status = fields.pop("status", task.status)
+
+    if "project_slug" in fields and fields["project_slug"] != task.project_slug:
+        if fields["project_slug"] is not None:
+            _check_project_for_task(session, actor, fields["project_slug"])
+        if _has_subtasks(session, task):
+            raise BadRequest("A task with subtasks cannot change project; move its subtasks first")
+    for field, value in fields.items():
+        setattr(task, field, value)
+    if task.assigned_to is not None and {"assigned_to", "project_slug"} & fields.keys():
+        _check_assignee(session, task.assigned_to, task.project_slug)
+    if task.assigned_to is None and task.status in {TaskStatus.in_progress, TaskStatus.review}:
+        raise BadRequest(f"A task that is {task.status} needs an assignee; reassign it or block it")
+    if task.parent_id is not None and {"parent_id", "project_slug"} & fields.keys():
+        _check_parent(session, actor, task, task.parent_id)
+
+    if target_status != task.status:
+        _transition(session, actor, task, target_status, verb="move")
+    if not audit.changes(before, task.model_dump()):
+        return task  # nothing changed: no new version, no audit row
+    return _save(session, actor, task, before, "task.updated", {})
+
+
+def delete_task(session: Session, actor: Actor, task_id: int) -> None:
+    task = get_task(session, actor, task_id, for_update=True)
+    if not (task.created_by == actor.id or _is_task_owner(session, actor, task)):
+        raise Forbidden("Only the task's creator, a project owner or an admin may delete it")
+    if _has_subtasks(session, task):
+        raise BadRequest(f"Task {task_id} has subtasks; delete or move them first")
+    session.delete(task)
+    gone = {"title": task.title, "status": task.status, "assigned_to": task.assigned_to}
+    audit.record(
+        session,
+        actor,
+        "task.deleted",
+        task_id=task_id,
+        project_slug=task.project_slug,
+        context=audit.changes(gone, dict.fromkeys(gone)),
+    )
+
+
+def _has_subtasks(session: Session, task: Task) -> bool:
+    return session.exec(select(Task.id).where(Task.parent_id == task.id).limit(1)).first() is not None
+
+
+def _save(
+    session: Session, actor: Actor, task: Task, before: dict[str, Any], action: str, extra: dict[str, Any]
+) -> Task:
+    task.updated_at = utc_now()
+    session.add(task)
+    context = audit.changes(before, task.model_dump(exclude={"updated_at"})) | extra
+    audit.record(session, actor, action, task_id=task.id, project_slug=task.project_slug, context=context)
+    return task
+
+
+# ---------------------------------------------------------------- the workflow
+
+# Every allowed status change and its name. Actions and PATCH go through the same table.
+TRANSITIONS: dict[tuple[TaskStatus, TaskStatus], str] = {
+    (TaskStatus.pending, TaskStatus.in_progress): "start",
+    (TaskStatus.in_progress, TaskStatus.review): "review",
+    (TaskStatus.review, TaskStatus.in_progress): "request_changes",
+    (TaskStatus.in_progress, TaskStatus.completed): "complete",
+    (TaskStatus.review, TaskStatus.completed): "complete",
+    (TaskStatus.pending, TaskStatus.blocked): "block",
+    (TaskStatus.in_progress, TaskStatus.blocked): "block",
+    (TaskStatus.review, TaskStatus.blocked): "block",
+    (TaskStatus.blocked, TaskStatus.in_progress): "unblock",
+    (TaskStatus.blocked, TaskStatus.pending): "unblock",
+    (TaskStatus.completed, TaskStatus.in_progress): "reopen",
+}
+
+
+def _transition(
+    session: Session, actor: Actor, task: Task, target: TaskStatus, *, verb: str, reason: str | None = None
+) -> None:
+    """Move `task` to `target` if the state machine and the caller's role allow it."""
+    current = task.status
+    how = TRANSITIONS.get((current, target))
+    if how is None:
+        raise InvalidTransition(
+            f"Cannot {verb} task {task.id}: it is {current.value}, and {current.value} → {target.value} is not allowed"
+        )
+    if how == "start":
+        if task.assigned_to not in {None, actor.id} and not actor.is_admin:
+            raise Forbidden(f"Task {task.id} is assigned to '{task.assigned_to}'")
+        task.assigned_to = actor.id
+    elif how == "review":
+        _require_assignee(actor, task, "submit it for review")
+    elif how in {"request_changes", "complete", "reopen"}:
+        if task.assigned_to != actor.id and not _is_task_owner(session, actor, task):
+            raise Forbidden(f"Only the task's assignee or a project owner may {how.replace('_', ' ')} task {task.id}")
+    elif how == "block":
+        if reason is None:
+            raise BadRequest(f"Blocking task {task.id} needs a reason: use POST /api/tasks/{task.id}/block?reason=…")
+    elif how == "unblock":
+        expected = TaskStatus.in_progress if task.assigned_to else TaskStatus.pending
+        if target != expected:
+            raise InvalidTransition(f"Task {task.id} unblocks to {expected.value}, not {target.value}")
+    task.status = target
+    if target == TaskStatus.completed:
+        task.progress_percent = 100
+
+
+def _require_assignee(actor: Actor, task: Task, what: str) -> None:
+    if task.assigned_to != actor.id and not actor.is_admin:
+        raise Forbidden(f"Only the task's assignee may {what}")
+
+
+def _act(
+    session: Session,
+    actor: Actor,
+    task_id: int,
+    verb: str,
+    target: TaskStatus | None,
+    *,
+    allowed_from: Sequence[TaskStatus],
+    reason: str | None = None,
+) -> tuple[Task, dict[str, Any]]:
+    task = get_task(session, actor, task_id, for_update=True)
+    before = task.model_dump()
+    if task.status not in allowed_from:
+        expected = " or ".join(status.value for status in allowed_from)
+        raise InvalidTransition(f"Cannot {verb} task {task_id}: it is {task.status.value}, not {expected}")
+    if target is not None:
+        _transition(session, actor, task, target, verb=verb, reason=reason)
+    return task, before
+
+
+def start_task(session: Session, actor: Actor, task_id: int) -> Task:
+    task, before = _act(session, actor, task_id, "start", TaskStatus.in_progress, allowed_from=[TaskStatus.pending])
+    return _save(session, actor, task, before, "task.started", {})
+
+
+def update_progress(session: Session, actor: Actor, task_id: int, percent: int, note: str | None) -> Task:
+    task, before = _act(session, actor, task_id, "report progress on", None, allowed_from=[TaskStatus.in_progress])
+    _require_assignee(actor, task, "report its progress")
+    task.progress_percent = percent
+    return _save(session, actor, task, before, "task.progress", {"note": note} if note else {})
+
+
+def submit_for_review(session: Session, actor: Actor, task_id: int) -> Task:
+    task, before = _act(
+        session, actor, task_id, "submit for review", TaskStatus.review, allowed_from=[TaskStatus.in_progress]
+    )
+    return _save(session, actor, task, before, "task.review", {})
+
+
+def complete_task(session: Session, actor: Actor, task_id: int) -> Task:
+    task, before = _act(
+        session,
+        actor,
+        task_id,
+        "complete",
+        TaskStatus.completed,
+        allowed_from=[TaskStatus.in_progress, TaskStatus.review],
+    )
+    return _save(session, actor, task, before, "task.completed", {})
+
+
+def block_task(session: Session, actor: Actor, task_id: int, reason: str) -> Task:
+    task, before = _act(
+        session,
+        actor,
+        task_id,
+        "block",
+        TaskStatus.blocked,
+        allowed_from=[TaskStatus.pending, TaskStatus.in_progress, TaskStatus.review],
+        reason=reason,
+    )
+    return _save(session, actor, task, before, "task.blocked", {"reason": reason})
+
+
+def unblock_task(session: Session, actor: Actor, task_id: int) -> Task:
+    task, before = _act(session, actor, task_id, "unblock", None, allowed_from=[TaskStatus.blocked])
+    target = TaskStatus.in_progress if task.assigned_to else TaskStatus.pending
+    _transition(session, actor, task, target, verb="unblock")
+    return _save(session, actor, task, before, "task.unblocked", {})
+
+
+# ---------------------------------------------------------------- audit
+
+
+def list_audit(session: Session, actor: Actor, filters: AuditQuery) -> tuple[list[AuditLog], int]:
+    query = select(AuditLog).where(_visible_audit(actor))
+    if filters.task_id is not None:
+        query = query.where(AuditLog.task_id == filters.task_id)
+    if filters.project is not None:
+        query = query.where(AuditLog.project_slug == filters.project)
+    if filters.actor_id is not None:
+        query = query.where(AuditLog.actor_id == filters.actor_id)
+    if filters.action is not None:
+        query = query.where(AuditLog.action == filters.action)
+    if filters.since is not None:
+        query = query.where(AuditLog.timestamp >= filters.since)
+    if filters.until is not None:
+        query = query.where(AuditLog.timestamp < filters.until)
+    return paginate(session, query, filters.limit, filters.offset, col(AuditLog.id).desc())
+
+
+def task_history(session: Session, actor: Actor, task_id: int, limit: int, offset: int) -> tuple[list[AuditLog], int]:
+    get_task(session, actor, task_id)
+    return paginate(session, select(AuditLog).where(AuditLog.task_id == task_id), limit, offset, AuditLog.id)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _flush_or_conflict(session: Session, message: str) -> None:
+    """Flush now, so a row inserted concurrently by another request is a 409, not a 500."""
+    try:
+        session.flush()
+    except IntegrityError:
+        raise Conflict(message) from None
