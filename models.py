@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, StringConstraints, field_validator
+from pydantic import AfterValidator, BeforeValidator, StringConstraints, field_validator
 from pydantic import Field as PydanticField
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
+from sqlmodel._compat import SQLModelConfig
 
 # Named constraints, so later migrations (batch mode on SQLite) can find and alter them.
 SQLModel.metadata.naming_convention = {
@@ -142,7 +143,7 @@ ParentId = Annotated[Id | None, BeforeValidator(_zero_is_none)]
 DueDate = Annotated[datetime | None, AfterValidator(_aware)]
 
 # Request bodies refuse unknown fields, so a typo is a 422 instead of a silent no-op.
-STRICT_BODY = ConfigDict(extra="forbid")
+STRICT_BODY = SQLModelConfig(extra="forbid")
 
 
 # ---------------------------------------------------------------- workers

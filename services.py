@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, Select, case, delete, func, or_, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 import audit
 from auth import Principal
@@ -60,7 +61,9 @@ class Actor:
         return self.role == "admin"
 
 
-def paginate(session: Session, query: Select[Any], limit: int, offset: int, *order_by: Any) -> tuple[list[Any], int]:
+def paginate(
+    session: Session, query: SelectOfScalar[Any], limit: int, offset: int, *order_by: Any
+) -> tuple[list[Any], int]:
     """One page of `query` and the count of all its rows: two statements, whatever the page size."""
     total = session.exec(select(func.count()).select_from(query.order_by(None).subquery())).one()
     rows = session.exec(query.order_by(*order_by).limit(limit).offset(offset)).all()
@@ -103,11 +106,8 @@ def _visible_audit(actor: Actor) -> ColumnElement[bool]:
 
 
 def _member_role(session: Session, project_slug: str, worker_id: str) -> ProjectRole | None:
-    return session.exec(
-        select(ProjectMember.role).where(
-            ProjectMember.project_slug == project_slug, ProjectMember.worker_id == worker_id
-        )
-    ).first()
+    member = session.get(ProjectMember, (project_slug, worker_id))
+    return None if member is None else member.role
 
 
 def _is_task_owner(session: Session, actor: Actor, task: Task) -> bool:
@@ -129,7 +129,7 @@ def authenticate(session: Session, principal: Principal) -> Actor:
         name = (principal.name or principal.email or principal.id)[:200]
         insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
         # Two first requests at once must not collide on the primary key.
-        result = session.exec(  # type: ignore[call-overload]
+        result = session.exec(
             insert(Worker)
             .values(id=principal.id, type=WorkerType.human, name=name, created_at=utc_now())
             .on_conflict_do_nothing(index_elements=["id"])
@@ -245,7 +245,7 @@ def delete_project(session: Session, actor: Actor, slug: str) -> None:
     tasks = session.exec(select(func.count()).where(Task.project_slug == slug)).one()
     if tasks:
         raise BadRequest(f"Project '{slug}' still has {tasks} task(s); delete or move them first")
-    session.exec(delete(ProjectMember).where(col(ProjectMember.project_slug) == slug))  # type: ignore[call-overload]
+    session.exec(delete(ProjectMember).where(col(ProjectMember.project_slug) == slug))
     session.delete(project)
     audit.record(
         session,
@@ -396,7 +396,9 @@ def _check_parent(session: Session, actor: Actor, task: Task, parent_id: int) ->
     if task.id is None:
         return
     ancestors = select(Task.id, Task.parent_id).where(Task.id == parent_id).cte("ancestors", recursive=True)
-    ancestors = ancestors.union_all(select(Task.id, Task.parent_id).join(ancestors, Task.id == ancestors.c.parent_id))
+    ancestors = ancestors.union_all(
+        select(Task.id, Task.parent_id).join(ancestors, col(Task.id) == ancestors.c.parent_id)
+    )
     chain = session.exec(select(ancestors.c.id).limit(MAX_TASK_DEPTH + 1)).all()
     if task.id in chain:
         raise BadRequest(f"Task {parent_id} is task {task.id} or one of its subtasks: that would make a cycle")

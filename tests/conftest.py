@@ -252,7 +252,9 @@ def client(settings: Settings) -> Iterator[TestClient]:
 def create_project(client: TestClient, auth: AuthHeaders) -> Callable[..., dict[str, Any]]:
     """`create_project("demo", owner="alice", members=["bob"])` through the API."""
 
-    def create(slug: str = "demo", *, owner: str = "alice", members: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    def create(
+        slug: str = "demo", *, owner: str = "alice", members: tuple[str, ...] | list[str] = ()
+    ) -> dict[str, Any]:
         response = client.post("/api/projects", json={"slug": slug, "name": slug.title()}, headers=auth(owner))
         assert response.status_code == 201, response.text
         for member in members:
