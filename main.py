@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import devtoken
 import services
+import swagger_ui
 from audit import current_request_id
 from auth import JWKSVerifier
 from config import VERSION, Settings, load_settings
@@ -477,7 +478,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             verifier.close()
             engine.dispose()
 
-    app = FastAPI(title="TaskFlow", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="TaskFlow",
+        version=VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    swagger_ui.install_docs(app)
     app.state.settings = settings
     app.include_router(public)
     app.include_router(api)
