@@ -26,6 +26,8 @@ class Actor(Protocol):
     def id(self) -> str: ...
     @property
     def type(self) -> WorkerType: ...
+    @property
+    def owner_id(self) -> str | None: ...
 
 
 def json_value(value: Any) -> Any:
@@ -59,6 +61,7 @@ def record(
         project_slug=project_slug,
         actor_id=actor.id,
         actor_type=actor.type,
+        owner_id=actor.owner_id,
         action=action,
         context={key: json_value(value) for key, value in (context or {}).items()},
         request_id=current_request_id.get(),

@@ -58,7 +58,8 @@ def parse_key_set(document: Any) -> dict[str | None, jwt.PyJWK]:
             continue
         try:
             key = jwt.PyJWK(data)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, TypeError, ValueError):
+            # One malformed key must not take the good ones down with it.
             continue
         if key.algorithm_name in ALLOWED_ALGORITHMS:
             kid = data.get("kid")
@@ -111,7 +112,7 @@ class JWKSVerifier:
         except jwt.PyJWTError:
             raise InvalidToken("Malformed token") from None
         algorithm = header.get("alg")
-        if algorithm not in ALLOWED_ALGORITHMS:
+        if not isinstance(algorithm, str) or algorithm not in ALLOWED_ALGORITHMS:
             raise InvalidToken("Token algorithm is not accepted")
         key = self._key_for(header.get("kid"))
         if key.algorithm_name != algorithm:
@@ -222,4 +223,5 @@ def _principal(claims: dict[str, Any]) -> Principal:
 
 
 def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+    # Claims are stored and shown: a control character (PostgreSQL refuses NUL) drops the claim.
+    return value if isinstance(value, str) and value.strip() and value.isprintable() else None

@@ -21,7 +21,8 @@ def _http_url(value: str, name: str) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # An empty variable (as in .env.example) means "use the default".
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     database_url: str = "sqlite:///./taskflow.db"
     db_pool_size: int = Field(default=5, ge=1)
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
     jwt_issuer: str = ""
     jwt_audience: str = ""
     jwks_cache_ttl: int = Field(default=3600, ge=0)
+
+    # Seconds a claim lasts without a heartbeat; unset means claims never expire.
+    lease_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
 
     # The local development issuer: never trusted unless switched on explicitly.
     dev_auth: bool = False
@@ -99,5 +103,8 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
         raise SystemExit(f"taskflow: bad configuration: {problems}") from None

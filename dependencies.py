@@ -5,14 +5,17 @@ Auth failures become 401 (or 503 when no signing key can be had) here, so routes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Annotated, Any
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Header, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+import idempotency
 import services
 from auth import InvalidToken, JWKSVerifier, KeySetUnavailable, Principal
 from database import transaction
@@ -62,7 +65,77 @@ def get_current_user(session: SessionDep, principal: Annotated[Principal, Depend
 CurrentUser = Annotated[services.Actor, Depends(get_current_user)]
 
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id")]
+OtherTaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The id of the task depended on")]
 ProjectSlug = Annotated[str, Path(max_length=64, pattern=SLUG_PATTERN, description="The project's slug")]
 WorkerIdPath = Annotated[str, Path(max_length=128, pattern=WORKER_ID_PATTERN, description="The worker's id")]
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size")]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="Rows to skip")]
+
+
+def get_default_lease(request: Request) -> int | None:
+    lease: int | None = request.app.state.settings.lease_seconds
+    return lease
+
+
+DefaultLease = Annotated[int | None, Depends(get_default_lease)]
+IfMatch = Annotated[
+    str | None,
+    Header(alias="If-Match", max_length=1000, description="The task's ETag as you read it: refuse if it changed since"),
+]
+LeaseSeconds = Annotated[
+    int | None, Query(ge=1, le=7 * 24 * 3600, description="Seconds the claim lasts without a heartbeat")
+]
+
+
+# ---------------------------------------------------------------- idempotency keys
+
+
+async def request_fingerprint(request: Request) -> str:
+    return idempotency.fingerprint(request.method, request.url.path, request.url.query, await request.body())
+
+
+def check_idempotency_key(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    fingerprint: Annotated[str, Depends(request_fingerprint)],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Send the same key again to retry safely: the first response comes back, nothing is done twice",
+        ),
+    ] = None,
+) -> None:
+    if idempotency_key is not None:
+        request.state.idempotency = idempotency.begin(session, user.id, idempotency_key, fingerprint)
+
+
+class IdempotentRoute(APIRoute):
+    """A route whose POSTs honour `Idempotency-Key`, saving their response in the request's transaction."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        dependencies = list(kwargs.get("dependencies") or [])
+        if "POST" in (kwargs.get("methods") or ()) and not any(
+            getattr(d, "dependency", None) is check_idempotency_key for d in dependencies
+        ):
+            kwargs["dependencies"] = [*dependencies, Depends(check_idempotency_key)]
+        super().__init__(path, endpoint, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def save_response(request: Request) -> Response:
+            # This runs before the request's transaction commits, so the saved response
+            # and the change it reports are committed together.
+            response = await handler(request)
+            pending: idempotency.Pending | None = getattr(request.state, "idempotency", None)
+            if pending is not None:
+                await run_in_threadpool(
+                    pending.save, response.status_code, bytes(response.body), dict(response.headers)
+                )
+            return response
+
+        return save_response

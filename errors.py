@@ -48,6 +48,26 @@ class Conflict(TaskFlowError):
     status_code, code = 409, "conflict"
 
 
+class UnfinishedDependencies(TaskFlowError):
+    status_code, code = 400, "unfinished_dependencies"
+
+
+class LeaseLost(TaskFlowError):
+    status_code, code = 409, "lease_lost"
+
+
+class IdempotencyInProgress(TaskFlowError):
+    status_code, code = 409, "idempotency_in_progress"
+
+
+class PreconditionFailed(TaskFlowError):
+    status_code, code = 412, "precondition_failed"
+
+
+class IdempotencyKeyReused(TaskFlowError):
+    status_code, code = 422, "idempotency_key_reused"
+
+
 class ServiceUnavailable(TaskFlowError):
     status_code, code = 503, "service_unavailable"
 
@@ -56,11 +76,16 @@ class ServiceUnavailable(TaskFlowError):
 ERROR_CODES: dict[str, str] = {
     "bad_request": "400: the request breaks a rule (an unknown worker, a parent in another project, a cycle, a task with subtasks, ...)",
     "invalid_transition": "400: the workflow does not allow this status change from the task's current status",
+    "unfinished_dependencies": "400: the task waits for tasks that are not completed yet (they are named)",
     "unauthorized": "401: no token, or a token that is invalid, expired or not for this API",
     "forbidden": "403: the task is visible to you but this action is reserved (to its assignee, a project owner or an admin)",
     "not_found": "404: no such resource, or one you may not see",
     "method_not_allowed": "405: the path exists but not with this method",
     "conflict": "409: the request collides with existing state (a duplicate slug, worker or member, the last owner, ...)",
+    "lease_lost": "409: your claim on the task expired and it was handed back; claim it again",
+    "idempotency_in_progress": "409: a request with this Idempotency-Key is still running; retry shortly",
+    "precondition_failed": "412: the task changed since you read it (If-Match no longer matches its ETag)",
+    "idempotency_key_reused": "422: this Idempotency-Key was already used with a different request",
     "validation_error": "422: the body, a path or a query parameter is malformed; `detail` lists the field errors",
     "internal_error": "500: a bug; the response carries the `request_id` to quote",
     "service_unavailable": "503: the database or the signing keys cannot be reached right now",

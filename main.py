@@ -24,18 +24,35 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import devtoken
+import idempotency
 import services
 import swagger_ui
 from audit import current_request_id
 from auth import JWKSVerifier
 from config import VERSION, Settings, load_settings
 from database import check_connection, create_db_engine, migrate
-from dependencies import CurrentUser, Limit, Offset, ProjectSlug, SessionDep, TaskId, WorkerIdPath, get_engine
+from dependencies import (
+    CurrentUser,
+    DefaultLease,
+    IdempotentRoute,
+    IfMatch,
+    LeaseSeconds,
+    Limit,
+    Offset,
+    OtherTaskId,
+    ProjectSlug,
+    SessionDep,
+    TaskId,
+    WorkerIdPath,
+    get_engine,
+)
 from errors import ERROR_CODES, ServiceUnavailable, TaskFlowError
 from models import (
     AuditQuery,
     AuditRead,
+    ClaimRequest,
     DatabaseHealth,
+    DependencyCreate,
     ErrorBody,
     Health,
     MemberCreate,
@@ -86,7 +103,7 @@ RULE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 public = APIRouter()
-api = APIRouter(prefix="/api", responses=API_ERRORS)
+api = APIRouter(prefix="/api", responses=API_ERRORS, route_class=IdempotentRoute)
 
 
 # ---------------------------------------------------------------- health
@@ -117,10 +134,16 @@ def database_health(request: Request) -> DatabaseHealth:
 # ---------------------------------------------------------------- tasks
 
 
+def tagged(response: Response, task: Task) -> Task:
+    """Send the task's version as its ETag, for a later If-Match."""
+    response.headers["ETag"] = services.etag(task)
+    return task
+
+
 @api.post("/tasks", response_model=TaskRead, status_code=status.HTTP_201_CREATED, tags=["tasks"], responses=RULE_ERRORS)
-def create_task(data: TaskCreate, session: SessionDep, user: CurrentUser) -> Task:
+def create_task(data: TaskCreate, response: Response, session: SessionDep, user: CurrentUser) -> Task:
     """Create a task; it starts `pending`."""
-    return services.create_task(session, user, data)
+    return tagged(response, services.create_task(session, user, data))
 
 
 @api.get("/tasks", response_model=list[TaskRead], tags=["tasks"])
@@ -133,21 +156,46 @@ def list_tasks(
     return tasks
 
 
+@api.post(
+    "/tasks/claim",
+    response_model=TaskRead,
+    tags=["workflow"],
+    responses={204: {"description": "Nothing is ready for you"}, **RULE_ERRORS},
+)
+def claim_task(
+    session: SessionDep, user: CurrentUser, default_lease: DefaultLease, request: ClaimRequest | None = None
+) -> Any:
+    """Start the best task that is ready for you (priority, then due date, then age); 204 if there is none."""
+    task = services.claim_task(session, user, request or ClaimRequest(), lease_seconds=default_lease)
+    if task is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return JSONResponse(jsonable_encoder(TaskRead.model_validate(task)), headers={"ETag": services.etag(task)})
+
+
 @api.get("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"])
-def get_task(task_id: TaskId, session: SessionDep, user: CurrentUser) -> Task:
-    """Get one task."""
-    return services.get_task(session, user, task_id)
+def get_task(task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser) -> Task:
+    """Get one task, with its version in the `ETag` header."""
+    return tagged(response, services.get_task(session, user, task_id))
 
 
 @api.patch("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"], responses=RULE_ERRORS)
-def update_task(task_id: TaskId, data: TaskUpdate, session: SessionDep, user: CurrentUser) -> Task:
+def update_task(
+    task_id: TaskId,
+    data: TaskUpdate,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    default_lease: DefaultLease,
+    if_match: IfMatch = None,
+) -> Task:
     """Change the fields sent; a `status` change follows the same state machine as the actions."""
-    return services.update_task(session, user, task_id, data)
+    task = services.update_task(session, user, task_id, data, lease_seconds=default_lease, if_match=if_match)
+    return tagged(response, task)
 
 
 @api.delete("/tasks/{task_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["tasks"], responses=RULE_ERRORS)
 def delete_task(task_id: TaskId, session: SessionDep, user: CurrentUser) -> None:
-    """Delete a task without subtasks (its creator, a project owner or an admin)."""
+    """Delete a task that has no subtasks and that no task depends on (its creator, a project owner or an admin)."""
     services.delete_task(session, user, task_id)
 
 
@@ -161,56 +209,121 @@ def task_history(
     return rows
 
 
+@api.get("/tasks/{task_id}/dependencies", response_model=list[TaskRead], tags=["dependencies"])
+def list_dependencies(task_id: TaskId, session: SessionDep, user: CurrentUser) -> list[Task]:
+    """The tasks this task waits for."""
+    return services.list_dependencies(session, user, task_id)
+
+
+@api.post(
+    "/tasks/{task_id}/dependencies",
+    response_model=TaskRead,
+    status_code=status.HTTP_201_CREATED,
+    tags=["dependencies"],
+    responses=RULE_ERRORS,
+)
+def add_dependency(task_id: TaskId, data: DependencyCreate, session: SessionDep, user: CurrentUser) -> Task:
+    """Make this task wait for another task of the same project; answers the task waited for."""
+    return services.add_dependency(session, user, task_id, data)
+
+
+@api.delete(
+    "/tasks/{task_id}/dependencies/{other_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["dependencies"],
+    responses=RULE_ERRORS,
+)
+def remove_dependency(task_id: TaskId, other_id: OtherTaskId, session: SessionDep, user: CurrentUser) -> None:
+    """Stop this task waiting for another."""
+    services.remove_dependency(session, user, task_id, other_id)
+
+
 # ---------------------------------------------------------------- the workflow
 
 
 @api.post("/tasks/{task_id}/start", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
-def start_task(task_id: TaskId, session: SessionDep, user: CurrentUser) -> Task:
-    """Claim a pending task (unassigned, or assigned to you) and begin work on it."""
-    return services.start_task(session, user, task_id)
+def start_task(
+    task_id: TaskId,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    default_lease: DefaultLease,
+    lease_seconds: LeaseSeconds = None,
+    if_match: IfMatch = None,
+) -> Task:
+    """Claim a pending task (unassigned, or assigned to you) whose dependencies are done, and begin work on it."""
+    task = services.start_task(session, user, task_id, lease_seconds=lease_seconds or default_lease, if_match=if_match)
+    return tagged(response, task)
+
+
+@api.post("/tasks/{task_id}/heartbeat", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+def heartbeat(
+    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, lease_seconds: LeaseSeconds = None
+) -> Task:
+    """Renew your lease on a task in progress. Not audited; the task's ETag does not change."""
+    return tagged(response, services.heartbeat(session, user, task_id, lease_seconds=lease_seconds))
 
 
 @api.post("/tasks/{task_id}/progress", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
 def update_progress(
     task_id: TaskId,
+    response: Response,
     session: SessionDep,
     user: CurrentUser,
     percent: Annotated[int, Query(ge=0, le=100, description="Progress, 0 to 100")],
     note: Annotated[str | None, Query(max_length=2000, pattern=r"^[^\x00]*$", description="What was done")] = None,
+    if_match: IfMatch = None,
 ) -> Task:
-    """Report progress on a task in progress (its assignee)."""
-    return services.update_progress(session, user, task_id, percent, note)
+    """Report progress on a task in progress (its assignee); this also renews the lease."""
+    return tagged(response, services.update_progress(session, user, task_id, percent, note, if_match=if_match))
 
 
 @api.post("/tasks/{task_id}/review", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
-def submit_for_review(task_id: TaskId, session: SessionDep, user: CurrentUser) -> Task:
+def submit_for_review(
+    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
+) -> Task:
     """Hand a task in progress over for review (its assignee)."""
-    return services.submit_for_review(session, user, task_id)
+    return tagged(response, services.submit_for_review(session, user, task_id, if_match=if_match))
 
 
 @api.post("/tasks/{task_id}/complete", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
-def complete_task(task_id: TaskId, session: SessionDep, user: CurrentUser) -> Task:
+def complete_task(
+    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
+) -> Task:
     """Complete a task in progress or in review (its assignee or a project owner); progress becomes 100."""
-    return services.complete_task(session, user, task_id)
+    return tagged(response, services.complete_task(session, user, task_id, if_match=if_match))
 
 
 @api.post("/tasks/{task_id}/block", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
 def block_task(
     task_id: TaskId,
+    response: Response,
     session: SessionDep,
     user: CurrentUser,
     reason: Annotated[
-        str, Query(min_length=1, max_length=2000, pattern=r"^[^\x00]*\S[^\x00]*$", description="Why it is blocked")
+        str,
+        Query(min_length=1, max_length=2000, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$", description="Why it is blocked"),
     ],
+    if_match: IfMatch = None,
 ) -> Task:
     """Mark a pending, in-progress or in-review task as blocked, with a reason."""
-    return services.block_task(session, user, task_id, reason.strip())
+    return tagged(response, services.block_task(session, user, task_id, reason.strip(), if_match=if_match))
 
 
 @api.post("/tasks/{task_id}/unblock", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
-def unblock_task(task_id: TaskId, session: SessionDep, user: CurrentUser) -> Task:
+def unblock_task(
+    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
+) -> Task:
     """Unblock a task: back to in_progress if it has an assignee, else to pending."""
-    return services.unblock_task(session, user, task_id)
+    return tagged(response, services.unblock_task(session, user, task_id, if_match=if_match))
+
+
+@api.post("/tasks/{task_id}/release", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+def release_task(
+    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
+) -> Task:
+    """Hand a task you are working on back: pending and unassigned, for someone else to claim."""
+    return tagged(response, services.release_task(session, user, task_id, if_match=if_match))
 
 
 # ---------------------------------------------------------------- projects
@@ -384,14 +497,21 @@ def handle_http_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_envelope(exc.status_code, code, message), status_code=exc.status_code, headers=exc.headers)
 
 
+def handle_replay(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, idempotency.Replay)
+    headers = {**exc.headers, "Idempotent-Replayed": "true"}
+    return Response(content=exc.body, status_code=exc.status_code, headers=headers)
+
+
 def handle_data_error(_request: Request, _exc: Exception) -> JSONResponse:
     # A value the database refused (out of range, malformed): the client's fault, and no data is saved.
     return JSONResponse(_envelope(400, "bad_request", "A value was refused by the database"), status_code=400)
 
 
-def handle_unexpected_error(request: Request, _exc: Exception) -> JSONResponse:
+def handle_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
-    logger.exception("Unhandled error in %s %s (request %s)", request.method, request.url.path, request_id)
+    # Handlers run outside the `except` block, so the traceback must be passed explicitly.
+    logger.error("Unhandled error in %s %s (request %s)", request.method, request.url.path, request_id, exc_info=exc)
     return JSONResponse(
         _envelope(500, "internal_error", "Internal server error", request_id=request_id),
         status_code=500,
@@ -494,6 +614,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(TaskFlowError, handle_taskflow_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
+    app.add_exception_handler(idempotency.Replay, handle_replay)
     app.add_exception_handler(DataError, handle_data_error)
     app.add_exception_handler(Exception, handle_unexpected_error)
     app.add_middleware(
@@ -502,7 +623,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_credentials=True,
         allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key", "If-Match"],
-        expose_headers=["X-Total-Count", "X-Request-ID", "ETag"],
+        expose_headers=["X-Total-Count", "X-Request-ID", "ETag", "Idempotent-Replayed"],
         max_age=600,
     )
     app.add_middleware(RequestIdMiddleware)

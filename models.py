@@ -90,6 +90,8 @@ PRIORITY_RANK = {TaskPriority.low: 1, TaskPriority.medium: 2, TaskPriority.high:
 class WorkerType(enum.StrEnum):
     human = "human"
     agent = "agent"
+    # TaskFlow itself, e.g. when a lease runs out; never a registered worker.
+    system = "system"
 
 
 class ProjectRole(enum.StrEnum):
@@ -112,7 +114,7 @@ def _no_nul(value: str) -> str:
 
 def _zero_is_none(value: Any) -> Any:
     # Swagger UI fills empty integer fields with 0; no row ever has id 0.
-    return None if value == 0 else value
+    return None if value in (0, "0") else value
 
 
 def _not_null(value: Any) -> Any:
@@ -123,7 +125,12 @@ def _not_null(value: Any) -> Any:
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    return None if value is None else as_utc(value)
+    if value is None:
+        return None
+    try:
+        return as_utc(value)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
 
 
 MAX_ID = 2_147_483_647  # ids are 32-bit integers on PostgreSQL
@@ -132,15 +139,24 @@ WORKER_ID_PATTERN = r"^[A-Za-z0-9@._:+-]+$"
 
 Text = Annotated[str, AfterValidator(_no_nul)]
 Title = Annotated[
-    Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_not_blank)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_no_nul),
+    AfterValidator(_not_blank),
 ]
-Description = Annotated[Text, StringConstraints(max_length=10_000)]
-Name = Annotated[Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Description = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(_no_nul)]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_no_nul),
+    AfterValidator(_not_blank),
+]
 Slug = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SLUG_PATTERN)]
 WorkerId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=WORKER_ID_PATTERN)]
 Id = Annotated[int, PydanticField(ge=1, le=MAX_ID)]
 ParentId = Annotated[Id | None, BeforeValidator(_zero_is_none)]
 DueDate = Annotated[datetime | None, AfterValidator(_aware)]
+LeaseSeconds = Annotated[int, PydanticField(ge=1, le=7 * 24 * 3600)]
 
 # Request bodies refuse unknown fields, so a typo is a 422 instead of a silent no-op.
 STRICT_BODY = SQLModelConfig(extra="forbid")
@@ -164,6 +180,8 @@ class Worker(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=128)
     type: WorkerType = Field(sa_type=string_enum(WorkerType))
     name: str = Field(max_length=200)
+    # The human accountable for an agent.
+    owner_id: str | None = Field(default=None, foreign_key="worker.id", max_length=128)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
 
 
@@ -173,6 +191,7 @@ class WorkerCreate(SQLModel):
     id: WorkerId
     type: WorkerType = WorkerType.human
     name: Name
+    owner_id: WorkerId | None = None
 
 
 class WorkerUpdate(SQLModel):
@@ -180,6 +199,7 @@ class WorkerUpdate(SQLModel):
 
     type: WorkerType | None = None
     name: Name | None = None
+    owner_id: WorkerId | None = None
 
     _required = field_validator("type", "name")(_not_null)
 
@@ -188,6 +208,7 @@ class WorkerRead(SQLModel):
     id: str
     type: WorkerType
     name: str
+    owner_id: str | None
     created_at: datetime
 
 
@@ -275,6 +296,45 @@ class Task(SQLModel, table=True):
     created_by: str = Field(foreign_key="worker.id", max_length=128, index=True)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    # Bumped by every audited change; the ETag that If-Match is checked against.
+    version: int = Field(default=1)
+    # A claim that is not renewed by then is lost; null means it never expires.
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    lease_seconds: int | None = Field(default=None)
+
+
+class TaskDependency(SQLModel, table=True):
+    """`task_id` cannot start before `depends_on_id` is completed."""
+
+    __tablename__ = "task_dependency"
+
+    task_id: int = Field(foreign_key="task.id", primary_key=True, ondelete="CASCADE")
+    depends_on_id: int = Field(foreign_key="task.id", primary_key=True, index=True)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+
+
+class LostLease(SQLModel, table=True):
+    """Who lost a claim on a task by letting its lease run out, so they hear `lease_lost`, not `forbidden`."""
+
+    __tablename__ = "lost_lease"
+
+    task_id: int = Field(foreign_key="task.id", primary_key=True, ondelete="CASCADE")
+    worker_id: str = Field(primary_key=True, max_length=128)
+    lost_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """The first response to a POST sent with an `Idempotency-Key`, saved with the change it made."""
+
+    __tablename__ = "idempotency_key"
+
+    actor_id: str = Field(primary_key=True, max_length=128)
+    key: str = Field(primary_key=True, max_length=255)
+    fingerprint: str = Field(max_length=64)
+    status_code: int
+    headers: dict[str, str] = Field(default_factory=dict, sa_type=sa.JSON)
+    body: str = Field(sa_type=sa.Text)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime, index=True)
 
 
 class TaskCreate(SQLModel):
@@ -322,6 +382,24 @@ class TaskRead(SQLModel):
     created_by: str
     created_at: datetime
     updated_at: datetime
+    version: int
+    lease_expires_at: datetime | None
+
+
+class ClaimRequest(SQLModel):
+    """What `POST /api/tasks/claim` may narrow the choice to."""
+
+    model_config = STRICT_BODY
+
+    project: Slug | None = None
+    min_priority: TaskPriority | None = None
+    lease_seconds: LeaseSeconds | None = None
+
+
+class DependencyCreate(SQLModel):
+    model_config = STRICT_BODY
+
+    depends_on: Id
 
 
 class TaskQuery(SQLModel):
@@ -333,6 +411,7 @@ class TaskQuery(SQLModel):
     project: Slug | None = None
     parent_id: ParentId = None
     q: Annotated[Text, StringConstraints(max_length=200)] | None = None
+    ready: bool | None = None
     sort: TaskSort = TaskSort.created_at
     limit: int = PydanticField(default=50, ge=1, le=100)
     offset: int = PydanticField(default=0, ge=0, le=MAX_ID)
@@ -351,6 +430,8 @@ class AuditLog(SQLModel, table=True):
     project_slug: str | None = Field(default=None, max_length=64, index=True)
     actor_id: str = Field(max_length=128, index=True)
     actor_type: WorkerType = Field(sa_type=string_enum(WorkerType))
+    # For an agent's rows: the human accountable for it.
+    owner_id: str | None = Field(default=None, max_length=128, index=True)
     action: str = Field(max_length=64, index=True)
     context: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON().with_variant(JSONB(), "postgresql"))
     request_id: str | None = Field(default=None, max_length=128)
@@ -363,6 +444,7 @@ class AuditRead(SQLModel):
     project_slug: str | None
     actor_id: str
     actor_type: WorkerType
+    owner_id: str | None
     action: str
     context: dict[str, Any]
     request_id: str | None
@@ -375,6 +457,7 @@ class AuditQuery(SQLModel):
     task_id: Id | None = None
     project: Slug | None = None
     actor_id: WorkerId | None = None
+    owner_id: WorkerId | None = None
     action: Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z_.]+$")] | None = None
     since: DueDate = None
     until: DueDate = None

@@ -9,21 +9,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, delete, func, or_, true
+from sqlalchemy import ColumnElement, Select, and_, case, delete, func, or_, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 import audit
 from auth import Principal
-from errors import BadRequest, Conflict, Forbidden, InvalidTransition, NotFound
+from errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InvalidTransition,
+    LeaseLost,
+    NotFound,
+    PreconditionFailed,
+    Unauthorized,
+    UnfinishedDependencies,
+)
 from models import (
     PRIORITY_RANK,
     AuditLog,
     AuditQuery,
+    ClaimRequest,
+    DependencyCreate,
+    LostLease,
     MemberCreate,
     MemberUpdate,
     Project,
@@ -33,6 +48,7 @@ from models import (
     ProjectUpdate,
     Task,
     TaskCreate,
+    TaskDependency,
     TaskQuery,
     TaskSort,
     TaskStatus,
@@ -55,10 +71,15 @@ class Actor:
     id: str
     type: WorkerType
     role: str = "user"
+    owner_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+
+# Who acts when TaskFlow itself changes a task, e.g. when a lease runs out.
+SYSTEM = Actor(id="system", type=WorkerType.system, role="system")
 
 
 def paginate(
@@ -124,6 +145,8 @@ def _is_task_owner(session: Session, actor: Actor, task: Task) -> bool:
 
 def authenticate(session: Session, principal: Principal) -> Actor:
     """The worker behind a verified token; a human's row is created on first sight."""
+    if principal.id == SYSTEM.id:
+        raise Unauthorized(f"'{SYSTEM.id}' is reserved for TaskFlow itself")
     worker = session.get(Worker, principal.id)
     if worker is None:
         name = (principal.name or principal.email or principal.id)[:200]
@@ -140,7 +163,7 @@ def authenticate(session: Session, principal: Principal) -> Actor:
             return actor
         worker = session.get(Worker, principal.id)
         assert worker is not None
-    return Actor(id=worker.id, type=worker.type, role=principal.role)
+    return Actor(id=worker.id, type=worker.type, role=principal.role, owner_id=worker.owner_id)
 
 
 def list_workers(
@@ -164,9 +187,12 @@ def get_worker(session: Session, _actor: Actor, worker_id: str) -> Worker:
 def register_worker(session: Session, actor: Actor, data: WorkerCreate) -> Worker:
     if not actor.is_admin and data.id != actor.id:
         raise Forbidden("You may register only your own worker id; an admin registers others, such as agents")
-    if session.get(Worker, data.id) is not None:
+    if data.id == SYSTEM.id or session.get(Worker, data.id) is not None:
         raise Conflict(f"Worker '{data.id}' is already registered")
-    worker = Worker(id=data.id, type=data.type, name=data.name)
+    if data.type == WorkerType.system:
+        raise BadRequest("The system worker is TaskFlow itself and cannot be registered")
+    _check_owner(session, data.type, data.owner_id)
+    worker = Worker(**data.model_dump())
     session.add(worker)
     _flush_or_conflict(session, f"Worker '{data.id}' is already registered")
     audit.record(session, actor, "worker.registered", context=audit.changes({}, data.model_dump()))
@@ -181,6 +207,11 @@ def update_worker(session: Session, actor: Actor, worker_id: str, data: WorkerUp
             raise Forbidden("You may change only your own worker")
         if "type" in fields and fields["type"] != worker.type:
             raise Forbidden("Only an admin may change a worker's type")
+        if "owner_id" in fields and fields["owner_id"] != worker.owner_id:
+            raise Forbidden("Only an admin may change who is accountable for an agent")
+    if fields.get("type") == WorkerType.system:
+        raise BadRequest("No worker can become the system")
+    _check_owner(session, fields.get("type", worker.type), fields.get("owner_id", worker.owner_id))
     diff = audit.changes(worker.model_dump(), fields)
     if diff:
         for field, value in fields.items():
@@ -188,6 +219,19 @@ def update_worker(session: Session, actor: Actor, worker_id: str, data: WorkerUp
         session.add(worker)
         audit.record(session, actor, "worker.updated", context={"worker_id": worker.id, **diff})
     return worker
+
+
+def _check_owner(session: Session, worker_type: WorkerType, owner_id: str | None) -> None:
+    """An agent may name the human accountable for it; nobody else has an owner."""
+    if owner_id is None:
+        return
+    if worker_type != WorkerType.agent:
+        raise BadRequest("Only an agent has an owner")
+    owner = session.get(Worker, owner_id)
+    if owner is None:
+        raise NotFound(f"Worker '{owner_id}' not found")
+    if owner.type != WorkerType.human:
+        raise BadRequest(f"An agent's owner must be a human, and '{owner_id}' is a {owner.type.value}")
 
 
 # ---------------------------------------------------------------- projects
@@ -216,6 +260,10 @@ def create_project(session: Session, actor: Actor, data: ProjectCreate) -> Proje
     # A slug is a global name: a taken one is a conflict even when its project is not yours.
     if session.get(Project, data.slug) is not None:
         raise Conflict(f"Project '{data.slug}' already exists")
+    # History is kept by slug, so a slug names one project forever: a new project under a
+    # deleted one's slug would inherit, and reveal, the old project's audit trail.
+    if session.exec(select(AuditLog.id).where(AuditLog.project_slug == data.slug).limit(1)).first() is not None:
+        raise Conflict(f"Project slug '{data.slug}' belonged to a deleted project and cannot be reused")
     project = Project(**data.model_dump(), created_by=actor.id)
     session.add(project)
     _flush_or_conflict(session, f"Project '{data.slug}' already exists")
@@ -349,7 +397,10 @@ def _task_order(sort: TaskSort) -> list[Any]:
 
 
 def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> tuple[list[Task], int]:
+    expire_leases(session)
     query = select(Task).where(_visible_task(actor))
+    if filters.ready is not None:
+        query = query.where(_ready(actor) if filters.ready else ~_ready(actor))
     if filters.status is not None:
         query = query.where(Task.status == filters.status)
     if filters.priority is not None:
@@ -366,6 +417,7 @@ def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> tuple[list
 
 
 def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool = False) -> Task:
+    expire_leases(session, task_id=task_id)
     query = select(Task).where(Task.id == task_id, _visible_task(actor))
     if for_update:
         query = query.with_for_update()
@@ -428,8 +480,17 @@ def create_task(session: Session, actor: Actor, data: TaskCreate) -> Task:
     return task
 
 
-def update_task(session: Session, actor: Actor, task_id: int, data: TaskUpdate) -> Task:
+def update_task(
+    session: Session,
+    actor: Actor,
+    task_id: int,
+    data: TaskUpdate,
+    *,
+    lease_seconds: int | None = None,
+    if_match: str | None = None,
+) -> Task:
     task = get_task(session, actor, task_id, for_update=True)
+    _check_if_match(task, if_match)
     before = task.model_dump()
     fields = data.model_dump(exclude_unset=True)
     target_status = fields.pop("status", task.status)
@@ -439,17 +500,22 @@ def update_task(session: Session, actor: Actor, task_id: int, data: TaskUpdate) 
             _check_project_for_task(session, actor, fields["project_slug"])
         if _has_subtasks(session, task):
             raise BadRequest("A task with subtasks cannot change project; move its subtasks first")
-    for field, value in fields.items():
-        setattr(task, field, value)
-    if task.assigned_to is not None and {"assigned_to", "project_slug"} & fields.keys():
-        _check_assignee(session, task.assigned_to, task.project_slug)
+        if _has_dependencies(session, task):
+            raise BadRequest("A task with dependencies cannot change project; remove them first")
+    # The checks below query the database: the task must not be flushed with values not yet checked.
+    with session.no_autoflush:
+        for field, value in fields.items():
+            setattr(task, field, value)
+        if task.assigned_to is not None and {"assigned_to", "project_slug"} & fields.keys():
+            _check_assignee(session, task.assigned_to, task.project_slug)
+        if task.parent_id is not None and {"parent_id", "project_slug"} & fields.keys():
+            _check_parent(session, actor, task, task.parent_id)
+        if target_status != task.status:
+            if target_status == TaskStatus.in_progress and task.status == TaskStatus.pending:
+                task.lease_seconds = lease_seconds
+            _transition(session, actor, task, target_status, verb="move")
     if task.assigned_to is None and task.status in {TaskStatus.in_progress, TaskStatus.review}:
-        raise BadRequest(f"A task that is {task.status} needs an assignee; reassign it or block it")
-    if task.parent_id is not None and {"parent_id", "project_slug"} & fields.keys():
-        _check_parent(session, actor, task, task.parent_id)
-
-    if target_status != task.status:
-        _transition(session, actor, task, target_status, verb="move")
+        raise BadRequest(f"A task that is {task.status.value} needs an assignee; assign it first")
     if not audit.changes(before, task.model_dump()):
         return task  # nothing changed: no new version, no audit row
     return _save(session, actor, task, before, "task.updated", {})
@@ -461,6 +527,13 @@ def delete_task(session: Session, actor: Actor, task_id: int) -> None:
         raise Forbidden("Only the task's creator, a project owner or an admin may delete it")
     if _has_subtasks(session, task):
         raise BadRequest(f"Task {task_id} has subtasks; delete or move them first")
+    dependents = session.exec(
+        select(TaskDependency.task_id)
+        .where(TaskDependency.depends_on_id == task_id)
+        .order_by(col(TaskDependency.task_id))
+    ).all()
+    if dependents:
+        raise BadRequest(f"Tasks {', '.join(map(str, dependents))} depend on task {task_id}; remove those first")
     session.delete(task)
     gone = {"title": task.title, "status": task.status, "assigned_to": task.assigned_to}
     audit.record(
@@ -477,14 +550,36 @@ def _has_subtasks(session: Session, task: Task) -> bool:
     return session.exec(select(Task.id).where(Task.parent_id == task.id).limit(1)).first() is not None
 
 
+def _has_dependencies(session: Session, task: Task) -> bool:
+    edges = select(TaskDependency.task_id).where(
+        or_(col(TaskDependency.task_id) == task.id, col(TaskDependency.depends_on_id) == task.id)
+    )
+    return session.exec(edges.limit(1)).first() is not None
+
+
 def _save(
     session: Session, actor: Actor, task: Task, before: dict[str, Any], action: str, extra: dict[str, Any]
 ) -> Task:
+    """Record an audited change of `task`: a new version, a new `updated_at`, one audit row."""
     task.updated_at = utc_now()
+    task.version += 1
     session.add(task)
-    context = audit.changes(before, task.model_dump(exclude={"updated_at"})) | extra
+    context = audit.changes(before, task.model_dump(exclude={"updated_at", "version"})) | extra
     audit.record(session, actor, action, task_id=task.id, project_slug=task.project_slug, context=context)
     return task
+
+
+def etag(task: Task) -> str:
+    return f'"{task.version}"'
+
+
+def _check_if_match(task: Task, if_match: str | None) -> None:
+    """Honour `If-Match`: refuse to change a task that changed since the caller read it."""
+    if if_match is None:
+        return
+    tags = {tag.strip().removeprefix("W/") for tag in if_match.split(",")}
+    if "*" not in tags and etag(task) not in tags:
+        raise PreconditionFailed(f"Task {task.id} has changed since you read it: its ETag is now {etag(task)}")
 
 
 # ---------------------------------------------------------------- the workflow
@@ -492,6 +587,7 @@ def _save(
 # Every allowed status change and its name. Actions and PATCH go through the same table.
 TRANSITIONS: dict[tuple[TaskStatus, TaskStatus], str] = {
     (TaskStatus.pending, TaskStatus.in_progress): "start",
+    (TaskStatus.in_progress, TaskStatus.pending): "release",
     (TaskStatus.in_progress, TaskStatus.review): "review",
     (TaskStatus.review, TaskStatus.in_progress): "request_changes",
     (TaskStatus.in_progress, TaskStatus.completed): "complete",
@@ -518,7 +614,19 @@ def _transition(
     if how == "start":
         if task.assigned_to not in {None, actor.id} and not actor.is_admin:
             raise Forbidden(f"Task {task.id} is assigned to '{task.assigned_to}'")
+        blockers = _unfinished_dependencies(session, task)
+        if blockers:
+            raise UnfinishedDependencies(
+                f"Task {task.id} depends on unfinished task(s) {', '.join(map(str, blockers))}"
+            )
         task.assigned_to = actor.id
+        # Whoever lost an earlier claim on this task has it again.
+        lost = session.get(LostLease, (task.id, actor.id))
+        if lost is not None:
+            session.delete(lost)
+    elif how == "release":
+        _require_assignee(actor, task, "release it")
+        task.assigned_to = None
     elif how == "review":
         _require_assignee(actor, task, "submit it for review")
     elif how in {"request_changes", "complete", "reopen"}:
@@ -531,14 +639,30 @@ def _transition(
         expected = TaskStatus.in_progress if task.assigned_to else TaskStatus.pending
         if target != expected:
             raise InvalidTransition(f"Task {task.id} unblocks to {expected.value}, not {target.value}")
+    if target in {TaskStatus.in_progress, TaskStatus.review} and task.assigned_to is None:
+        raise BadRequest(f"Task {task.id} has no assignee: assign it before moving it to {target.value}")
     task.status = target
     if target == TaskStatus.completed:
         task.progress_percent = 100
+    # Only work in progress is leased; it is renewed whenever a task (re-)enters that state.
+    task.lease_expires_at = (
+        _lease_end(task.lease_seconds) if target == TaskStatus.in_progress and task.lease_seconds else None
+    )
+
+
+def _lease_end(seconds: int) -> datetime:
+    return utc_now() + timedelta(seconds=seconds)
 
 
 def _require_assignee(actor: Actor, task: Task, what: str) -> None:
     if task.assigned_to != actor.id and not actor.is_admin:
         raise Forbidden(f"Only the task's assignee may {what}")
+
+
+def _check_lease(session: Session, actor: Actor, task: Task) -> None:
+    """A worker whose lease ran out hears so, rather than a generic refusal."""
+    if task.assigned_to != actor.id and session.get(LostLease, (task.id, actor.id)) is not None:
+        raise LeaseLost(f"Your claim on task {task.id} expired and was released; claim it again")
 
 
 def _act(
@@ -549,10 +673,15 @@ def _act(
     target: TaskStatus | None,
     *,
     allowed_from: Sequence[TaskStatus],
+    if_match: str | None,
+    holder_only: bool = False,
     reason: str | None = None,
 ) -> tuple[Task, dict[str, Any]]:
     task = get_task(session, actor, task_id, for_update=True)
     before = task.model_dump()
+    if holder_only:
+        _check_lease(session, actor, task)
+    _check_if_match(task, if_match)
     if task.status not in allowed_from:
         expected = " or ".join(status.value for status in allowed_from)
         raise InvalidTransition(f"Cannot {verb} task {task_id}: it is {task.status.value}, not {expected}")
@@ -561,26 +690,71 @@ def _act(
     return task, before
 
 
-def start_task(session: Session, actor: Actor, task_id: int) -> Task:
-    task, before = _act(session, actor, task_id, "start", TaskStatus.in_progress, allowed_from=[TaskStatus.pending])
+def start_task(
+    session: Session, actor: Actor, task_id: int, *, lease_seconds: int | None = None, if_match: str | None = None
+) -> Task:
+    task, before = _act(session, actor, task_id, "start", None, allowed_from=[TaskStatus.pending], if_match=if_match)
+    task.lease_seconds = lease_seconds
+    _transition(session, actor, task, TaskStatus.in_progress, verb="start")
     return _save(session, actor, task, before, "task.started", {})
 
 
-def update_progress(session: Session, actor: Actor, task_id: int, percent: int, note: str | None) -> Task:
-    task, before = _act(session, actor, task_id, "report progress on", None, allowed_from=[TaskStatus.in_progress])
+def update_progress(
+    session: Session, actor: Actor, task_id: int, percent: int, note: str | None, *, if_match: str | None = None
+) -> Task:
+    task, before = _act(
+        session,
+        actor,
+        task_id,
+        "report progress on",
+        None,
+        allowed_from=[TaskStatus.in_progress],
+        if_match=if_match,
+        holder_only=True,
+    )
     _require_assignee(actor, task, "report its progress")
     task.progress_percent = percent
+    if task.lease_seconds:
+        task.lease_expires_at = _lease_end(task.lease_seconds)
     return _save(session, actor, task, before, "task.progress", {"note": note} if note else {})
 
 
-def submit_for_review(session: Session, actor: Actor, task_id: int) -> Task:
+def heartbeat(session: Session, actor: Actor, task_id: int, *, lease_seconds: int | None = None) -> Task:
+    """Renew the caller's lease. Not audited and no new version: nothing about the task changes."""
+    task, _ = _act(
+        session,
+        actor,
+        task_id,
+        "send a heartbeat for",
+        None,
+        allowed_from=[TaskStatus.in_progress],
+        if_match=None,
+        holder_only=True,
+    )
+    _require_assignee(actor, task, "renew its lease")
+    if lease_seconds is not None:
+        task.lease_seconds = lease_seconds
+    if task.lease_seconds:
+        task.lease_expires_at = _lease_end(task.lease_seconds)
+        session.add(task)
+    return task
+
+
+def submit_for_review(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> Task:
     task, before = _act(
-        session, actor, task_id, "submit for review", TaskStatus.review, allowed_from=[TaskStatus.in_progress]
+        session,
+        actor,
+        task_id,
+        "submit for review",
+        TaskStatus.review,
+        allowed_from=[TaskStatus.in_progress],
+        if_match=if_match,
+        holder_only=True,
     )
     return _save(session, actor, task, before, "task.review", {})
 
 
-def complete_task(session: Session, actor: Actor, task_id: int) -> Task:
+def complete_task(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> Task:
     task, before = _act(
         session,
         actor,
@@ -588,11 +762,13 @@ def complete_task(session: Session, actor: Actor, task_id: int) -> Task:
         "complete",
         TaskStatus.completed,
         allowed_from=[TaskStatus.in_progress, TaskStatus.review],
+        if_match=if_match,
+        holder_only=True,
     )
     return _save(session, actor, task, before, "task.completed", {})
 
 
-def block_task(session: Session, actor: Actor, task_id: int, reason: str) -> Task:
+def block_task(session: Session, actor: Actor, task_id: int, reason: str, *, if_match: str | None = None) -> Task:
     task, before = _act(
         session,
         actor,
@@ -600,16 +776,167 @@ def block_task(session: Session, actor: Actor, task_id: int, reason: str) -> Tas
         "block",
         TaskStatus.blocked,
         allowed_from=[TaskStatus.pending, TaskStatus.in_progress, TaskStatus.review],
+        if_match=if_match,
         reason=reason,
     )
     return _save(session, actor, task, before, "task.blocked", {"reason": reason})
 
 
-def unblock_task(session: Session, actor: Actor, task_id: int) -> Task:
-    task, before = _act(session, actor, task_id, "unblock", None, allowed_from=[TaskStatus.blocked])
+def unblock_task(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> Task:
+    task, before = _act(session, actor, task_id, "unblock", None, allowed_from=[TaskStatus.blocked], if_match=if_match)
     target = TaskStatus.in_progress if task.assigned_to else TaskStatus.pending
     _transition(session, actor, task, target, verb="unblock")
     return _save(session, actor, task, before, "task.unblocked", {})
+
+
+def release_task(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> Task:
+    task, before = _act(
+        session,
+        actor,
+        task_id,
+        "release",
+        TaskStatus.pending,
+        allowed_from=[TaskStatus.in_progress],
+        if_match=if_match,
+        holder_only=True,
+    )
+    return _save(session, actor, task, before, "task.released", {})
+
+
+# ---------------------------------------------------------------- claiming work and leases
+
+
+def _unfinished_dependency(task_id: Any) -> Any:
+    blocker = aliased(Task)
+    return (
+        select(TaskDependency.depends_on_id)
+        .join(blocker, col(blocker.id) == TaskDependency.depends_on_id)
+        .where(TaskDependency.task_id == task_id, blocker.status != TaskStatus.completed)
+    )
+
+
+def _unfinished_dependencies(session: Session, task: Task) -> list[int]:
+    return list(session.exec(_unfinished_dependency(task.id).order_by(col(TaskDependency.depends_on_id))).all())
+
+
+def _ready(actor: Actor) -> ColumnElement[bool]:
+    """Claimable by `actor`: pending, unassigned or theirs, and nothing it waits for is unfinished."""
+    return and_(
+        col(Task.status) == TaskStatus.pending,
+        or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == actor.id),
+        ~_unfinished_dependency(Task.id).exists(),
+    )
+
+
+def expire_leases(session: Session, *, task_id: int | None = None) -> None:
+    """Hand back every task whose lease ran out: pending, unassigned, audited as the system's doing."""
+    query = select(Task).where(
+        Task.status == TaskStatus.in_progress,
+        col(Task.lease_expires_at).is_not(None),
+        col(Task.lease_expires_at) <= utc_now(),
+    )
+    if task_id is not None:
+        query = query.where(Task.id == task_id)
+    # SKIP LOCKED: a task being changed right now is left to the next sweep.
+    for task in session.exec(query.order_by(col(Task.id)).with_for_update(skip_locked=True)).all():
+        before = task.model_dump()
+        assert task.id is not None
+        if task.assigned_to is not None and session.get(LostLease, (task.id, task.assigned_to)) is None:
+            session.add(LostLease(task_id=task.id, worker_id=task.assigned_to))
+        task.status = TaskStatus.pending
+        task.assigned_to = None
+        task.lease_expires_at = None
+        task.lease_seconds = None
+        _save(session, SYSTEM, task, before, "lease_expired", {})
+
+
+def claim_task(session: Session, actor: Actor, request: ClaimRequest, *, lease_seconds: int | None) -> Task | None:
+    """Start the best ready task for `actor`, or None when nothing is ready.
+
+    On PostgreSQL the pick is `FOR UPDATE SKIP LOCKED`: concurrent claimers each lock a
+    different row and never see one another's. SQLite serializes writers instead.
+    """
+    expire_leases(session)
+    if request.project is not None:
+        get_project(session, actor, request.project)
+    rank = _SORT_COLUMNS["priority"]
+    query = select(Task).where(_visible_task(actor), _ready(actor))
+    if request.project is not None:
+        query = query.where(Task.project_slug == request.project)
+    if request.min_priority is not None:
+        query = query.where(rank >= PRIORITY_RANK[request.min_priority])
+    query = query.order_by(
+        rank.desc(), col(Task.due_date).asc().nulls_last(), col(Task.created_at).asc(), col(Task.id).asc()
+    )
+    task = session.exec(query.limit(1).with_for_update(skip_locked=True, of=Task)).first()
+    if task is None:
+        return None
+    before = task.model_dump()
+    task.lease_seconds = request.lease_seconds or lease_seconds
+    _transition(session, actor, task, TaskStatus.in_progress, verb="claim")
+    return _save(session, actor, task, before, "task.claimed", {})
+
+
+# ---------------------------------------------------------------- dependencies
+
+
+def list_dependencies(session: Session, actor: Actor, task_id: int) -> list[Task]:
+    get_task(session, actor, task_id)
+    query = (
+        select(Task)
+        .join(TaskDependency, col(TaskDependency.depends_on_id) == Task.id)
+        .where(TaskDependency.task_id == task_id, _visible_task(actor))
+        .order_by(col(Task.id))
+    )
+    return list(session.exec(query).all())
+
+
+def add_dependency(session: Session, actor: Actor, task_id: int, data: DependencyCreate) -> Task:
+    task = get_task(session, actor, task_id, for_update=True)
+    other = get_task(session, actor, data.depends_on)
+    if other.id == task.id:
+        raise BadRequest("A task cannot depend on itself")
+    if other.project_slug != task.project_slug:
+        raise BadRequest("A task can depend only on a task in the same project")
+    if session.get(TaskDependency, (task_id, data.depends_on)) is not None:
+        raise Conflict(f"Task {task_id} already depends on task {data.depends_on}")
+    closure = select(TaskDependency.depends_on_id).where(TaskDependency.task_id == data.depends_on)
+    closure_cte = closure.cte("closure", recursive=True)
+    closure_cte = closure_cte.union(
+        select(TaskDependency.depends_on_id).join(
+            closure_cte, col(TaskDependency.task_id) == closure_cte.c.depends_on_id
+        )
+    )
+    if task_id in session.exec(select(closure_cte.c.depends_on_id)).all():
+        raise BadRequest(f"Task {data.depends_on} already depends on task {task_id}: that would make a cycle")
+    session.add(TaskDependency(task_id=task_id, depends_on_id=data.depends_on))
+    _flush_or_conflict(session, f"Task {task_id} already depends on task {data.depends_on}")
+    audit.record(
+        session,
+        actor,
+        "dependency.added",
+        task_id=task_id,
+        project_slug=task.project_slug,
+        context={"depends_on": [None, data.depends_on]},
+    )
+    return other
+
+
+def remove_dependency(session: Session, actor: Actor, task_id: int, other_id: int) -> None:
+    task = get_task(session, actor, task_id, for_update=True)
+    get_task(session, actor, other_id)
+    dependency = session.get(TaskDependency, (task_id, other_id))
+    if dependency is None:
+        raise NotFound(f"Task {task_id} does not depend on task {other_id}")
+    session.delete(dependency)
+    audit.record(
+        session,
+        actor,
+        "dependency.removed",
+        task_id=task_id,
+        project_slug=task.project_slug,
+        context={"depends_on": [other_id, None]},
+    )
 
 
 # ---------------------------------------------------------------- audit
@@ -623,6 +950,8 @@ def list_audit(session: Session, actor: Actor, filters: AuditQuery) -> tuple[lis
         query = query.where(AuditLog.project_slug == filters.project)
     if filters.actor_id is not None:
         query = query.where(AuditLog.actor_id == filters.actor_id)
+    if filters.owner_id is not None:
+        query = query.where(AuditLog.owner_id == filters.owner_id)
     if filters.action is not None:
         query = query.where(AuditLog.action == filters.action)
     if filters.since is not None:

@@ -1,0 +1,80 @@
+"""Idempotency keys: a retried POST gets the first response back and changes nothing again.
+
+The key's record is written in the same transaction as the change it guards, so the two
+are saved together or not at all: a request that failed left no record, and its retry
+simply runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from errors import IdempotencyInProgress, IdempotencyKeyReused
+from models import IdempotencyKey, utc_now
+
+RETENTION = timedelta(hours=24)
+REPLAYED_HEADERS = {"content-type", "etag", "location"}
+
+
+@dataclass
+class Replay(Exception):
+    """The saved first response to send again."""
+
+    status_code: int
+    body: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Pending:
+    """A key seen for the first time: its response is saved once the route has produced it."""
+
+    session: Session
+    actor_id: str
+    key: str
+    fingerprint: str
+
+    def save(self, status_code: int, body: bytes, headers: dict[str, str]) -> None:
+        record = IdempotencyKey(
+            actor_id=self.actor_id,
+            key=self.key,
+            fingerprint=self.fingerprint,
+            status_code=status_code,
+            headers={name: value for name, value in headers.items() if name in REPLAYED_HEADERS},
+            body=body.decode(),
+        )
+        self.session.add(record)
+        self.session.flush()
+
+
+def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (method.encode(), path.encode(), query.encode(), body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def begin(session: Session, actor_id: str, key: str, request_fingerprint: str) -> Pending:
+    """Raise `Replay` for a key already answered, or say the key is new."""
+    if session.get_bind().dialect.name == "postgresql":
+        # Held until this transaction ends; a duplicate arriving meanwhile is told so at once
+        # instead of waiting on the first. SQLite runs one writer at a time anyway.
+        lock_id = int.from_bytes(hashlib.sha256(f"{actor_id}\0{key}".encode()).digest()[:8], "big", signed=True)
+        if not session.exec(select(func.pg_try_advisory_xact_lock(lock_id))).one():
+            raise IdempotencyInProgress("A request with this Idempotency-Key is still being processed")
+    record = session.get(IdempotencyKey, (actor_id, key))
+    if record is not None and record.created_at < utc_now() - RETENTION:
+        session.delete(record)
+        session.flush()
+        record = None
+    if record is None:
+        return Pending(session, actor_id, key, request_fingerprint)
+    if record.fingerprint != request_fingerprint:
+        raise IdempotencyKeyReused("This Idempotency-Key was already used for a different request")
+    raise Replay(record.status_code, record.body, record.headers)
