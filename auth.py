@@ -7,6 +7,7 @@ Framework-free: `JWKSVerifier.verify(token)` returns a `Principal` or raises `In
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +25,8 @@ ALLOWED_ALGORITHMS = frozenset(
     {"EdDSA", "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 )
 MAX_TOKEN_LENGTH = 16_384
-SUBJECT_MAX_LENGTH = 128
+# A subject becomes a worker id, so it must be one: models.WORKER_ID_PATTERN accepts the same ids.
+SUBJECT_PATTERN = re.compile(r"^[A-Za-z0-9@._:|+-]{1,128}$")
 LEEWAY_SECONDS = 5
 
 
@@ -211,7 +213,7 @@ class JWKSVerifier:
 
 def _principal(claims: dict[str, Any]) -> Principal:
     subject = claims["sub"]
-    if not isinstance(subject, str) or not 0 < len(subject) <= SUBJECT_MAX_LENGTH or not subject.isprintable():
+    if not isinstance(subject, str) or not SUBJECT_PATTERN.match(subject):
         raise InvalidToken("Token has an invalid 'sub' claim")
     role = claims.get("role")
     return Principal(

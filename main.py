@@ -550,6 +550,35 @@ class RequestIdMiddleware:
             current_request_id.reset(token)
 
 
+class UnexpectedErrorMiddleware:
+    """Turn an unhandled exception into the 500 envelope inside the CORS layer.
+
+    Starlette's own handler for `Exception` answers from outside every middleware, so a
+    browser would get a 500 without CORS headers and could not read its `request_id`.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking_start)
+        except Exception as exc:
+            if started:
+                raise
+            await handle_unexpected_error(Request(scope), exc)(scope, receive, send)
+
+
 # ---------------------------------------------------------------- the app
 
 
@@ -616,7 +645,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(idempotency.Replay, handle_replay)
     app.add_exception_handler(DataError, handle_data_error)
-    app.add_exception_handler(Exception, handle_unexpected_error)
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.allowed_origins,

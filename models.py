@@ -135,7 +135,7 @@ def _aware(value: datetime | None) -> datetime | None:
 
 MAX_ID = 2_147_483_647  # ids are 32-bit integers on PostgreSQL
 SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
-WORKER_ID_PATTERN = r"^[A-Za-z0-9@._:+-]+$"
+WORKER_ID_PATTERN = r"^[A-Za-z0-9@._:|+-]+$"  # auth.SUBJECT_PATTERN accepts the same ids
 
 Text = Annotated[str, AfterValidator(_no_nul)]
 Title = Annotated[
@@ -281,6 +281,9 @@ class MemberRead(SQLModel):
 
 
 class Task(SQLModel, table=True):
+    # History is kept by task id, so an id is never reused (SQLite would reuse the highest one).
+    __table_args__ = {"sqlite_autoincrement": True}
+
     id: int | None = Field(default=None, primary_key=True)
     title: str = Field(max_length=200)
     description: str | None = Field(default=None, sa_type=sa.Text)

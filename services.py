@@ -639,8 +639,12 @@ def _transition(
         expected = TaskStatus.in_progress if task.assigned_to else TaskStatus.pending
         if target != expected:
             raise InvalidTransition(f"Task {task.id} unblocks to {expected.value}, not {target.value}")
-    if target in {TaskStatus.in_progress, TaskStatus.review} and task.assigned_to is None:
-        raise BadRequest(f"Task {task.id} has no assignee: assign it before moving it to {target.value}")
+    if target in {TaskStatus.in_progress, TaskStatus.review}:
+        if task.assigned_to is None:
+            raise BadRequest(f"Task {task.id} has no assignee: assign it before moving it to {target.value}")
+        if how != "start" and task.project_slug is not None and not actor.is_admin:
+            # The assignee may have left the project since; work must not go back to them.
+            _check_assignee(session, task.assigned_to, task.project_slug)
     task.status = target
     if target == TaskStatus.completed:
         task.progress_percent = 100

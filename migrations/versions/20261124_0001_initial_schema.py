@@ -95,6 +95,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["parent_id"], ["task.id"], name=op.f("fk_task_parent_id_task")),
         sa.ForeignKeyConstraint(["project_slug"], ["project.slug"], name=op.f("fk_task_project_slug_project")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_task")),
+        sqlite_autoincrement=True,
     )
     for column in ("assigned_to", "created_by", "parent_id", "project_slug", "status"):
         op.create_index(op.f(f"ix_task_{column}"), "task", [column])

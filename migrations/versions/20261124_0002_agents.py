@@ -17,12 +17,14 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
-    with op.batch_alter_table("task") as batch:
+    # SQLite rebuilds the table here; keep AUTOINCREMENT so ids are never reused.
+    task_table = {"table_kwargs": {"sqlite_autoincrement": True}}
+    with op.batch_alter_table("task", **task_table) as batch:
         batch.add_column(sa.Column("version", sa.Integer(), nullable=False, server_default="1"))
         batch.add_column(sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("lease_seconds", sa.Integer(), nullable=True))
         batch.create_index(batch.f("ix_task_lease_expires_at"), ["lease_expires_at"])
-    with op.batch_alter_table("task") as batch:
+    with op.batch_alter_table("task", **task_table) as batch:
         # The default only filled existing rows; the app always sets it.
         batch.alter_column("version", server_default=None)
 
@@ -82,7 +84,7 @@ def downgrade() -> None:
     with op.batch_alter_table("worker") as batch:
         batch.drop_constraint(batch.f("fk_worker_owner_id_worker"), type_="foreignkey")
         batch.drop_column("owner_id")
-    with op.batch_alter_table("task") as batch:
+    with op.batch_alter_table("task", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.drop_index(batch.f("ix_task_lease_expires_at"))
         batch.drop_column("lease_seconds")
         batch.drop_column("lease_expires_at")
