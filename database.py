@@ -5,6 +5,7 @@ Nothing here is built at import time: `main` creates the engine when the app sta
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +67,20 @@ def transaction(engine: Engine) -> Iterator[Session]:
             session.rollback()
             raise
         session.commit()
+
+
+def advisory_lock(session: Session, name: str, *, wait: bool = True) -> bool:
+    """Take a PostgreSQL lock on `name` until the transaction ends; False if `wait` is off and it is taken.
+
+    Elsewhere it is a no-op that succeeds: SQLite runs one writing transaction at a time anyway.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    if wait:
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        return True
+    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}).scalar())
 
 
 def alembic_config() -> Config:

@@ -11,9 +11,9 @@ import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session
 
+from database import advisory_lock
 from errors import IdempotencyInProgress, IdempotencyKeyReused
 from models import IdempotencyKey, utc_now
 
@@ -62,12 +62,10 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
 
 def begin(session: Session, actor_id: str, key: str, request_fingerprint: str) -> Pending:
     """Raise `Replay` for a key already answered, or say the key is new."""
-    if session.get_bind().dialect.name == "postgresql":
-        # Held until this transaction ends; a duplicate arriving meanwhile is told so at once
-        # instead of waiting on the first. SQLite runs one writer at a time anyway.
-        lock_id = int.from_bytes(hashlib.sha256(f"{actor_id}\0{key}".encode()).digest()[:8], "big", signed=True)
-        if not session.exec(select(func.pg_try_advisory_xact_lock(lock_id))).one():
-            raise IdempotencyInProgress("A request with this Idempotency-Key is still being processed")
+    # Held until this transaction ends: a duplicate arriving meanwhile is told so at once
+    # instead of waiting for the first to finish.
+    if not advisory_lock(session, f"idempotency:{actor_id}\0{key}", wait=False):
+        raise IdempotencyInProgress("A request with this Idempotency-Key is still being processed")
     record = session.get(IdempotencyKey, (actor_id, key))
     if record is not None and record.created_at < utc_now() - RETENTION:
         session.delete(record)

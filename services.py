@@ -21,6 +21,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 import audit
 from auth import Principal
+from database import advisory_lock
 from errors import (
     BadRequest,
     Conflict,
@@ -440,8 +441,18 @@ def _check_assignee(session: Session, worker_id: str, project_slug: str | None) 
         raise BadRequest(f"'{worker_id}' is not a member of project '{project_slug}' and cannot be assigned its tasks")
 
 
+def _lock_task_graph(session: Session, project_slug: str | None) -> None:
+    """Serialize changes to a project's subtask and dependency links.
+
+    A cycle check reads links that a concurrent transaction may be adding: two requests
+    linking a→b and b→a at once would each pass.
+    """
+    advisory_lock(session, f"task-graph:{project_slug}")
+
+
 def _check_parent(session: Session, actor: Actor, task: Task, parent_id: int) -> None:
     """The parent must be visible, in the task's project, and not the task or one of its descendants."""
+    _lock_task_graph(session, task.project_slug)
     parent = get_task(session, actor, parent_id)
     if parent.project_slug != task.project_slug:
         raise BadRequest("A subtask must be in the same project as its parent")
@@ -902,6 +913,7 @@ def add_dependency(session: Session, actor: Actor, task_id: int, data: Dependenc
         raise BadRequest("A task cannot depend on itself")
     if other.project_slug != task.project_slug:
         raise BadRequest("A task can depend only on a task in the same project")
+    _lock_task_graph(session, task.project_slug)
     if session.get(TaskDependency, (task_id, data.depends_on)) is not None:
         raise Conflict(f"Task {task_id} already depends on task {data.depends_on}")
     closure = select(TaskDependency.depends_on_id).where(TaskDependency.task_id == data.depends_on)

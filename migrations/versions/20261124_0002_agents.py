@@ -16,6 +16,7 @@ down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+
 def upgrade() -> None:
     # SQLite rebuilds the table here; keep AUTOINCREMENT so ids are never reused.
     task_table = {"table_kwargs": {"sqlite_autoincrement": True}}
