@@ -568,6 +568,9 @@ def _has_dependencies(session: Session, task: Task) -> bool:
     return session.exec(edges.limit(1)).first() is not None
 
 
+UNAUDITED_FIELDS = {"updated_at", "version", "lease_expires_at"}
+
+
 def _save(
     session: Session, actor: Actor, task: Task, before: dict[str, Any], action: str, extra: dict[str, Any]
 ) -> Task:
@@ -575,7 +578,8 @@ def _save(
     task.updated_at = utc_now()
     task.version += 1
     session.add(task)
-    context = audit.changes(before, task.model_dump(exclude={"updated_at", "version"})) | extra
+    # Bookkeeping fields are left out: leases are renewed too often to be history.
+    context = audit.changes(before, task.model_dump(exclude=UNAUDITED_FIELDS)) | extra
     audit.record(session, actor, action, task_id=task.id, project_slug=task.project_slug, context=context)
     return task
 

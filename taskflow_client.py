@@ -1,0 +1,339 @@
+"""The TaskFlow REST API over HTTP: what the `taskflow` CLI and the `taskflow-mcp` server call.
+
+Both clients speak only to the API, never to the database, and only through this module, so
+the base URL, the token, error handling and retries live in one place. Every method is one
+endpoint and returns the API's JSON as it came; an error answer raises `ApiError` carrying the
+API's own message and code, and an unreachable server raises `ConnectionFailed` naming the URL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from types import TracebackType
+from typing import Any, NamedTuple
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+DEFAULT_TIMEOUT = 30.0
+# Failures after which a POST may or may not have reached the server: resent with the same
+# Idempotency-Key, so the API does it at most once. A refused connection sent nothing.
+RESENDABLE = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+RESEND_DELAYS = (0.2, 1.0)
+
+JSON = Any
+
+
+class ClientError(Exception):
+    """Something a client should show its user as it is, then stop."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigurationError(ClientError):
+    """No URL or no token to talk to the API with, or a URL that is not one."""
+
+
+class ConnectionFailed(ClientError):
+    """The API could not be reached at all (refused, unresolvable, timed out)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"Could not reach TaskFlow at {url}: {reason}")
+        self.url = url
+
+
+class ApiError(ClientError):
+    """The API answered with an error: its `{"error", "status_code", "code"}` envelope."""
+
+    def __init__(self, status_code: int, code: str, message: str, body: JSON, text: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.body = body
+        self.text = text
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ApiError:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            return cls(response.status_code, str(body.get("code", "error")), body["error"], body, response.text)
+        # Not TaskFlow's envelope: a proxy's page, or something else listening on that port.
+        message = f"HTTP {response.status_code} {response.reason_phrase} from {response.request.url}"
+        return cls(response.status_code, "http_error", message, body, response.text)
+
+
+class Page(NamedTuple):
+    """One page of a list endpoint, with the total number of matches from `X-Total-Count`."""
+
+    items: list[JSON]
+    total: int
+    text: str
+
+
+class Reply(NamedTuple):
+    """A successful answer: its parsed JSON (None when empty) and its exact text."""
+
+    data: JSON
+    text: str
+    response: httpx.Response
+
+
+def normalize_url(url: str) -> str:
+    """The API's base URL without a trailing slash; refuses what is not an http(s) URL."""
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigurationError(f"TaskFlow URL must be an http(s) URL such as http://127.0.0.1:8000, got {url!r}")
+    return url
+
+
+def segment(value: str | int) -> str:
+    """One path segment, escaped: worker ids may hold '@', ':' or '+'."""
+    return quote(str(value), safe="")
+
+
+def _query(params: dict[str, Any] | None) -> dict[str, Any] | None:
+    if params is None:
+        return None
+    return {name: value for name, value in params.items() if value is not None}
+
+
+class TaskFlowClient:
+    """A synchronous client of one TaskFlow API, with one caller's token. Thread-safe; close it."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        user_agent: str = "taskflow-client",
+        transport: httpx.BaseTransport | None = None,
+        resend_delays: tuple[float, ...] = RESEND_DELAYS,
+    ) -> None:
+        self.url = normalize_url(url)
+        self.resend_delays = resend_delays
+        headers = {"User-Agent": user_agent, "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token.strip()}"
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> TaskFlowClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ the one place requests are made
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json_body: JSON = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        """Send one request; return the reply on 2xx, else raise `ApiError` or `ConnectionFailed`.
+
+        Every POST carries an `Idempotency-Key`, so resending it after a failure that may have
+        happened after the server acted (a timeout, a dropped connection) never does a thing twice.
+        """
+        headers = dict(headers or {})
+        content = None if json_body is None else json.dumps(json_body)
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        delays = iter(self.resend_delays if method == "POST" else ())
+        if method == "POST":
+            headers.setdefault("Idempotency-Key", uuid.uuid4().hex)
+        resent = False
+        while True:
+            try:
+                response = self._http.request(method, path, params=_query(params), content=content, headers=headers)
+            except RESENDABLE as exc:
+                delay = next(delays, None)
+                if delay is None:
+                    raise ConnectionFailed(self.url, _reason(exc)) from None
+                time.sleep(delay)
+                resent = True
+                continue
+            except httpx.TransportError as exc:
+                raise ConnectionFailed(self.url, _reason(exc)) from None
+            if resent and response.status_code == 409 and _code(response) == "idempotency_in_progress":
+                # The first attempt is still running on the server: its answer is worth waiting for.
+                delay = next(delays, None)
+                if delay is not None:
+                    time.sleep(delay)
+                    continue
+            break
+        if response.is_error:
+            raise ApiError.from_response(response)
+        if not response.content:
+            return Reply(None, "", response)
+        try:
+            data = response.json()
+        except ValueError:
+            raise ApiError(
+                response.status_code,
+                "http_error",
+                f"Expected JSON from {response.request.url}, got {response.headers.get('content-type', 'nothing')}",
+                None,
+                response.text,
+            ) from None
+        return Reply(data, response.text, response)
+
+    def get(self, path: str, **params: Any) -> Reply:
+        return self.request("GET", path, params=params)
+
+    def post(self, path: str, json_body: JSON = None, **params: Any) -> Reply:
+        return self.request("POST", path, params=params, json_body=json_body)
+
+    def page(self, path: str, **params: Any) -> Page:
+        reply = self.get(path, **params)
+        items = reply.data if isinstance(reply.data, list) else []
+        total = reply.response.headers.get("X-Total-Count")
+        return Page(items, int(total) if total and total.isdigit() else len(items), reply.text)
+
+    # ------------------------------------------------------------ tasks
+
+    def list_tasks(self, **filters: Any) -> Page:
+        """`GET /api/tasks` with any of status, priority, assigned_to, project, parent_id, q, ready, sort, limit, offset."""
+        return self.page("/api/tasks", **filters)
+
+    def get_task(self, task_id: int) -> Reply:
+        return self.get(f"/api/tasks/{task_id}")
+
+    def create_task(self, fields: dict[str, Any]) -> Reply:
+        return self.post("/api/tasks", fields)
+
+    def update_task(self, task_id: int, fields: dict[str, Any], *, if_version: int | None = None) -> Reply:
+        """`PATCH` the fields given (None clears); with `if_version`, only if the task is still at that version."""
+        headers = {"If-Match": f'"{if_version}"'} if if_version is not None else None
+        return self.request("PATCH", f"/api/tasks/{task_id}", json_body=fields, headers=headers)
+
+    def delete_task(self, task_id: int) -> Reply:
+        return self.request("DELETE", f"/api/tasks/{task_id}")
+
+    def task_history(self, task_id: int, *, limit: int | None = None, offset: int | None = None) -> Page:
+        return self.page(f"/api/tasks/{task_id}/audit", limit=limit, offset=offset)
+
+    # ------------------------------------------------------------ the workflow
+
+    def claim_next(
+        self, *, project: str | None = None, min_priority: str | None = None, lease_seconds: int | None = None
+    ) -> Reply:
+        """`POST /api/tasks/claim`: the claimed task, or a reply whose data is None when nothing is ready (204)."""
+        body = {"project": project, "min_priority": min_priority, "lease_seconds": lease_seconds}
+        return self.post("/api/tasks/claim", {name: value for name, value in body.items() if value is not None})
+
+    def start_task(self, task_id: int, *, lease_seconds: int | None = None) -> Reply:
+        return self.post(f"/api/tasks/{task_id}/start", lease_seconds=lease_seconds)
+
+    def heartbeat(self, task_id: int, *, lease_seconds: int | None = None) -> Reply:
+        return self.post(f"/api/tasks/{task_id}/heartbeat", lease_seconds=lease_seconds)
+
+    def update_progress(self, task_id: int, percent: int, note: str | None = None) -> Reply:
+        return self.post(f"/api/tasks/{task_id}/progress", percent=percent, note=note)
+
+    def submit_for_review(self, task_id: int) -> Reply:
+        return self.post(f"/api/tasks/{task_id}/review")
+
+    def complete_task(self, task_id: int) -> Reply:
+        return self.post(f"/api/tasks/{task_id}/complete")
+
+    def block_task(self, task_id: int, reason: str) -> Reply:
+        return self.post(f"/api/tasks/{task_id}/block", reason=reason)
+
+    def unblock_task(self, task_id: int) -> Reply:
+        return self.post(f"/api/tasks/{task_id}/unblock")
+
+    def release_task(self, task_id: int) -> Reply:
+        return self.post(f"/api/tasks/{task_id}/release")
+
+    # ------------------------------------------------------------ dependencies
+
+    def list_dependencies(self, task_id: int) -> Reply:
+        return self.get(f"/api/tasks/{task_id}/dependencies")
+
+    def add_dependency(self, task_id: int, depends_on: int) -> Reply:
+        return self.post(f"/api/tasks/{task_id}/dependencies", {"depends_on": depends_on})
+
+    def remove_dependency(self, task_id: int, depends_on: int) -> Reply:
+        return self.request("DELETE", f"/api/tasks/{task_id}/dependencies/{depends_on}")
+
+    # ------------------------------------------------------------ projects and members
+
+    def list_projects(self, *, limit: int | None = None, offset: int | None = None) -> Page:
+        return self.page("/api/projects", limit=limit, offset=offset)
+
+    def get_project(self, slug: str) -> Reply:
+        return self.get(f"/api/projects/{segment(slug)}")
+
+    def create_project(self, fields: dict[str, Any]) -> Reply:
+        return self.post("/api/projects", fields)
+
+    def update_project(self, slug: str, fields: dict[str, Any]) -> Reply:
+        return self.request("PATCH", f"/api/projects/{segment(slug)}", json_body=fields)
+
+    def delete_project(self, slug: str) -> Reply:
+        return self.request("DELETE", f"/api/projects/{segment(slug)}")
+
+    def list_members(self, slug: str, *, limit: int | None = None, offset: int | None = None) -> Page:
+        return self.page(f"/api/projects/{segment(slug)}/members", limit=limit, offset=offset)
+
+    def add_member(self, slug: str, worker_id: str, role: str | None = None) -> Reply:
+        body = {"worker_id": worker_id} | ({"role": role} if role else {})
+        return self.post(f"/api/projects/{segment(slug)}/members", body)
+
+    def update_member(self, slug: str, worker_id: str, role: str) -> Reply:
+        path = f"/api/projects/{segment(slug)}/members/{segment(worker_id)}"
+        return self.request("PATCH", path, json_body={"role": role})
+
+    def remove_member(self, slug: str, worker_id: str) -> Reply:
+        return self.request("DELETE", f"/api/projects/{segment(slug)}/members/{segment(worker_id)}")
+
+    # ------------------------------------------------------------ workers and the audit log
+
+    def list_workers(self, *, type: str | None = None, limit: int | None = None, offset: int | None = None) -> Page:
+        return self.page("/api/workers", type=type, limit=limit, offset=offset)
+
+    def get_worker(self, worker_id: str) -> Reply:
+        return self.get(f"/api/workers/{segment(worker_id)}")
+
+    def register_worker(self, fields: dict[str, Any]) -> Reply:
+        return self.post("/api/workers", fields)
+
+    def update_worker(self, worker_id: str, fields: dict[str, Any]) -> Reply:
+        return self.request("PATCH", f"/api/workers/{segment(worker_id)}", json_body=fields)
+
+    def list_audit(self, **filters: Any) -> Page:
+        return self.page("/api/audit", **filters)
+
+
+def _code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    code = body.get("code") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    text = str(exc).strip()
+    return text or type(exc).__name__

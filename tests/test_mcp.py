@@ -1,0 +1,361 @@
+"""The `taskflow-mcp` server, driven by the MCP SDK's own client over stdio (and streamable HTTP).
+
+The server is the installed console script in a subprocess, given TASKFLOW_URL of a live
+TaskFlow server and a real agent token: every tool call goes over real HTTP to the API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.types import CallToolResult, TextContent
+from sqlalchemy import Engine, text
+
+TASKFLOW_MCP = Path(sys.executable).parent / "taskflow-mcp"
+TOOLS = {
+    "list_tasks",
+    "get_task",
+    "create_task",
+    "update_task",
+    "claim_next_task",
+    "claim_task",
+    "heartbeat",
+    "update_progress",
+    "submit_for_review",
+    "complete_task",
+    "block_task",
+    "release_task",
+    "get_task_history",
+}
+AGENT = "@agent-x"
+
+Auth = Callable[..., dict[str, str]]
+Scenario = Callable[[Client], Awaitable[None]]
+
+
+@pytest.fixture
+def api(live_server: Any) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_server.url) as client:
+        yield client
+
+
+@pytest.fixture
+def board(api: httpx.Client, auth: Auth) -> None:
+    """Agent @agent-x (registered by an admin, owned by alice) is a member of alice's project `demo`."""
+    api.get("/api/tasks", headers=auth("alice"))
+    registered = api.post(
+        "/api/workers",
+        json={"id": AGENT, "type": "agent", "name": "Agent X", "owner_id": "alice"},
+        headers=auth("root", role="admin"),
+    )
+    assert registered.status_code == 201, registered.text
+    created = api.post("/api/projects", json={"slug": "demo", "name": "Demo"}, headers=auth("alice"))
+    assert created.status_code == 201, created.text
+    added = api.post("/api/projects/demo/members", json={"worker_id": AGENT}, headers=auth("alice"))
+    assert added.status_code == 201, added.text
+
+
+@pytest.fixture
+def run_mcp(live_server: Any, make_token: Callable[..., str], tmp_path: Path) -> Callable[..., None]:
+    """`run_mcp(scenario)`: start `taskflow-mcp` over stdio as the agent and run `scenario(client)` against it."""
+
+    def run(scenario: Scenario, *, url: str | None = None, token: str | None = None) -> None:
+        params = StdioServerParameters(
+            command=str(TASKFLOW_MCP),
+            env={"TASKFLOW_URL": url or live_server.url, "TASKFLOW_TOKEN": token or make_token(AGENT)},
+            cwd=str(tmp_path),
+        )
+
+        async def main() -> None:
+            async with Client(params, read_timeout_seconds=30) as client:
+                await scenario(client)
+
+        anyio.run(main)
+
+    return run
+
+
+def data(result: CallToolResult) -> Any:
+    assert not result.is_error, result.content
+    return result.structured_content
+
+
+def message(result: CallToolResult) -> str:
+    assert result.is_error, result
+    block = result.content[0]
+    assert isinstance(block, TextContent)
+    return block.text
+
+
+def new_task(api: httpx.Client, auth: Auth, title: str, **fields: Any) -> dict[str, Any]:
+    response = api.post("/api/tasks", json={"title": title, "project_slug": "demo", **fields}, headers=auth("alice"))
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+# ---------------------------------------------------------------- the tools
+
+
+def test_the_server_offers_every_tool_described_for_a_language_model(run_mcp: Callable[..., None]) -> None:
+    async def scenario(client: Client) -> None:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+
+        assert set(tools) == TOOLS
+        for tool in tools.values():
+            assert tool.description is not None
+            assert len(tool.description) > 80, tool.name
+            for name, schema in tool.input_schema.get("properties", {}).items():
+                assert schema.get("description"), f"{tool.name}.{name} has no description"
+        assert tools["list_tasks"].annotations is not None
+        assert tools["list_tasks"].annotations.read_only_hint is True
+        assert client.instructions is not None
+        assert "claim_next_task" in client.instructions
+
+    run_mcp(scenario)
+
+
+@pytest.mark.usefixtures("board")
+def test_an_agent_works_the_board_through_every_tool(
+    run_mcp: Callable[..., None], api: httpx.Client, auth: Auth
+) -> None:
+    urgent = new_task(api, auth, "Fix the outage", priority="critical")
+    other = new_task(api, auth, "Tidy the wiki", priority="low")
+    ids: dict[str, int] = {}
+
+    async def scenario(client: Client) -> None:
+        created = data(
+            await client.call_tool(
+                "create_task",
+                {"title": "Write a postmortem", "project": "demo", "priority": "high", "due_date": "2026-12-01"},
+            )
+        )
+        assert (created["title"], created["created_by"], created["status"]) == ("Write a postmortem", AGENT, "pending")
+        ids["created"] = created["id"]
+
+        listed = data(await client.call_tool("list_tasks", {"project": "demo", "sort": "-priority"}))
+        assert [task["id"] for task in listed["tasks"]] == [urgent["id"], created["id"], other["id"]]
+        assert listed["total"] == 3
+        ready = data(await client.call_tool("list_tasks", {"ready": True, "priority": "low"}))
+        assert [task["id"] for task in ready["tasks"]] == [other["id"]]
+
+        fetched = data(await client.call_tool("get_task", {"task_id": created["id"]}))
+        assert fetched == created
+        updated = data(
+            await client.call_tool(
+                "update_task",
+                {
+                    "task_id": created["id"],
+                    "description": "Timeline and causes",
+                    "clear": ["due_date"],
+                    "expected_version": fetched["version"],
+                },
+            )
+        )
+        assert (updated["description"], updated["due_date"]) == ("Timeline and causes", None)
+
+        claimed = data(await client.call_tool("claim_next_task", {"project": "demo", "lease_seconds": 300}))
+        assert claimed["claimed"] is True
+        task = claimed["task"]
+        assert (task["id"], task["status"], task["assigned_to"]) == (urgent["id"], "in_progress", AGENT)
+        beat = data(await client.call_tool("heartbeat", {"task_id": task["id"], "lease_seconds": 600}))
+        assert beat["lease_expires_at"] >= task["lease_expires_at"]
+        progressed = data(
+            await client.call_tool("update_progress", {"task_id": task["id"], "percent": 50, "note": "rolled back"})
+        )
+        assert progressed["progress_percent"] == 50
+        reviewed = data(await client.call_tool("submit_for_review", {"task_id": task["id"]}))
+        assert reviewed["status"] == "review"
+        completed = data(await client.call_tool("complete_task", {"task_id": task["id"]}))
+        assert (completed["status"], completed["progress_percent"]) == ("completed", 100)
+
+        started = data(await client.call_tool("claim_task", {"task_id": other["id"]}))
+        assert (started["status"], started["assigned_to"]) == ("in_progress", AGENT)
+        released = data(await client.call_tool("release_task", {"task_id": other["id"]}))
+        assert (released["status"], released["assigned_to"]) == ("pending", None)
+        blocked = data(await client.call_tool("block_task", {"task_id": other["id"], "reason": "needs a human"}))
+        assert blocked["status"] == "blocked"
+
+        history = data(await client.call_tool("get_task_history", {"task_id": task["id"]}))
+        assert [entry["action"] for entry in history["entries"]] == [
+            "task.created",
+            "task.claimed",
+            "task.progress",
+            "task.review",
+            "task.completed",
+        ]
+        assert history["total"] == 5
+
+    run_mcp(scenario)
+
+    # What the API itself recorded: the agent's changes, as an agent, on behalf of its owner.
+    rows = api.get("/api/audit", params={"actor_id": AGENT, "limit": 100}, headers=auth("alice")).json()
+    assert sorted(row["action"] for row in rows) == sorted(
+        [
+            "task.created",
+            "task.updated",
+            "task.claimed",
+            "task.progress",
+            "task.review",
+            "task.completed",
+            "task.started",
+            "task.released",
+            "task.blocked",
+        ]
+    )
+    assert {row["actor_type"] for row in rows} == {"agent"}
+    assert {row["owner_id"] for row in rows} == {"alice"}
+    assert api.get(f"/api/tasks/{other['id']}", headers=auth("alice")).json()["status"] == "blocked"
+    assert api.get(f"/api/tasks/{ids['created']}", headers=auth("alice")).json()["description"] == "Timeline and causes"
+
+
+@pytest.mark.usefixtures("board")
+def test_claim_next_task_with_nothing_ready_says_so_without_an_error(run_mcp: Callable[..., None]) -> None:
+    async def scenario(client: Client) -> None:
+        result = data(await client.call_tool("claim_next_task", {}))
+
+        assert result["claimed"] is False
+        assert result["task"] is None
+
+    run_mcp(scenario)
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.usefixtures("board")
+def test_api_errors_come_back_as_tool_errors_with_the_apis_message_and_code(
+    run_mcp: Callable[..., None], api: httpx.Client, auth: Auth
+) -> None:
+    missing = api.get("/api/tasks/999", headers=auth("alice")).json()
+    task = new_task(api, auth, "Someone else's", assigned_to="alice")
+
+    async def scenario(client: Client) -> None:
+        not_found = await client.call_tool("get_task", {"task_id": 999})
+        assert not_found.structured_content == missing
+        assert missing["error"] in message(not_found)
+        assert "not_found" in message(not_found)
+
+        forbidden = await client.call_tool("claim_task", {"task_id": task["id"]})
+        assert forbidden.structured_content is not None
+        assert forbidden.structured_content["code"] == "forbidden"
+        assert forbidden.structured_content["error"] in message(forbidden)
+
+        stale = await client.call_tool(
+            "update_task", {"task_id": task["id"], "title": "Mine now", "expected_version": task["version"] + 1}
+        )
+        assert stale.structured_content is not None
+        assert stale.structured_content["code"] == "precondition_failed"
+        assert "get_task" in message(stale)  # what to do next, for the model
+
+        invalid = await client.call_tool("update_progress", {"task_id": task["id"], "percent": 150})
+        assert invalid.is_error  # refused by the tool's own schema, before any API call
+
+    run_mcp(scenario)
+    assert api.get(f"/api/tasks/{task['id']}", headers=auth("alice")).json()["title"] == "Someone else's"
+
+
+@pytest.mark.usefixtures("board")
+def test_a_lost_lease_is_a_lease_lost_tool_error_telling_the_agent_to_stop(
+    run_mcp: Callable[..., None], api: httpx.Client, auth: Auth, db: Engine
+) -> None:
+    task = new_task(api, auth, "Slow work")
+
+    async def scenario(client: Client) -> None:
+        data(await client.call_tool("claim_task", {"task_id": task["id"], "lease_seconds": 60}))
+        with db.begin() as connection:  # the lease runs out
+            connection.execute(
+                text("UPDATE task SET lease_expires_at = :past WHERE id = :id"),
+                {"past": "2020-01-01 00:00:00", "id": task["id"]},
+            )
+
+        lost = await client.call_tool("update_progress", {"task_id": task["id"], "percent": 10})
+
+        assert lost.structured_content is not None
+        assert lost.structured_content["code"] == "lease_lost"
+        assert "stop working on it" in message(lost)
+
+    run_mcp(scenario)
+
+
+def test_an_unreachable_api_is_a_tool_error_naming_the_url(run_mcp: Callable[..., None]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+
+    async def scenario(client: Client) -> None:
+        result = await client.call_tool("list_tasks", {})
+
+        assert f"Could not reach TaskFlow at {url}" in message(result)
+
+    run_mcp(scenario, url=url)
+
+
+def test_without_url_or_token_the_server_refuses_to_start(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TASKFLOW_")}
+
+    result = subprocess.run(
+        [str(TASKFLOW_MCP)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert result.returncode == 2
+    assert "TASKFLOW_URL and TASKFLOW_TOKEN" in result.stderr
+
+
+# ---------------------------------------------------------------- streamable HTTP
+
+
+@pytest.mark.usefixtures("board")
+def test_with_http_the_server_speaks_streamable_http(
+    live_server: Any, make_token: Callable[..., str], api: httpx.Client, auth: Auth, tmp_path: Path
+) -> None:
+    task = new_task(api, auth, "Over HTTP")
+    port = free_port()
+    env = {**os.environ, "TASKFLOW_URL": live_server.url, "TASKFLOW_TOKEN": make_token(AGENT)}
+    log = (tmp_path / "mcp.log").open("w")
+    process = subprocess.Popen(
+        [str(TASKFLOW_MCP), "--http", "--port", str(port)], env=env, cwd=tmp_path, stdout=log, stderr=log
+    )
+    try:
+        wait_for_port(port, process)
+
+        async def main() -> None:
+            async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=30) as client:
+                result = await client.call_tool("get_task", {"task_id": task["id"]})
+                assert data(result)["title"] == "Over HTTP"
+                assert json.loads(result.content[0].text)["id"] == task["id"]  # type: ignore[union-attr]
+
+        anyio.run(main)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "taskflow-mcp --http exited"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"taskflow-mcp --http did not listen on port {port}")

@@ -1,0 +1,216 @@
+"""Parity: one agent workflow done through REST, through the `taskflow` CLI and through the MCP
+server ends in the same task states and the same audit trail, written as the agent.
+
+Each channel works in a project of its own, set up identically over REST; the agent is
+`@agent-x`, registered by an admin as an agent owned by alice, acting with its own token.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from mcp import Client, StdioServerParameters
+from typer.testing import CliRunner
+
+from cli import app
+
+AGENT = "@agent-x"
+TASKFLOW_MCP = Path(sys.executable).parent / "taskflow-mcp"
+CHANNELS = ["rest", "cli", "mcp"]
+
+Auth = Callable[..., dict[str, str]]
+# What each channel is handed: the project's slug and the ids of the tasks alice prepared.
+Workflow = Callable[[str, dict[str, int]], None]
+
+
+@pytest.fixture
+def api(live_server: Any) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_server.url) as client:
+        yield client
+
+
+def prepare(api: httpx.Client, auth: Auth, slug: str) -> dict[str, int]:
+    """Project `slug` of alice's with the agent as a member, and two tasks for it to find."""
+    created = api.post("/api/projects", json={"slug": slug, "name": slug.title()}, headers=auth("alice"))
+    assert created.status_code == 201, created.text
+    added = api.post(f"/api/projects/{slug}/members", json={"worker_id": AGENT}, headers=auth("alice"))
+    assert added.status_code == 201, added.text
+    ids = {}
+    for title, priority in [("Fix the outage", "critical"), ("Tidy the wiki", "low")]:
+        task = api.post(
+            "/api/tasks", json={"title": title, "priority": priority, "project_slug": slug}, headers=auth("alice")
+        )
+        assert task.status_code == 201, task.text
+        ids[title] = task.json()["id"]
+    return ids
+
+
+def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
+    live_server: Any, api: httpx.Client, auth: Auth, make_token: Callable[..., str], tmp_path: Path
+) -> None:
+    api.get("/api/tasks", headers=auth("alice"))
+    registered = api.post(
+        "/api/workers",
+        json={"id": AGENT, "type": "agent", "name": "Agent X", "owner_id": "alice"},
+        headers=auth("root", role="admin"),
+    )
+    assert registered.status_code == 201, registered.text
+    token = make_token(AGENT)
+    agent = {"Authorization": f"Bearer {token}"}
+
+    # ------------------------------------------------------------ the workflow, three times
+
+    def through_rest(slug: str, ids: dict[str, int]) -> None:
+        def post(path: str, **kwargs: Any) -> dict[str, Any]:
+            response = api.post(path, headers=agent, **kwargs)
+            assert response.status_code in {200, 201}, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        note = post("/api/tasks", json={"title": "Write a postmortem", "project_slug": slug, "priority": "high"})
+        claimed = post("/api/tasks/claim", json={"project": slug, "lease_seconds": 300})
+        post(f"/api/tasks/{claimed['id']}/heartbeat")
+        post(f"/api/tasks/{claimed['id']}/progress", params={"percent": 50, "note": "rolled back"})
+        post(f"/api/tasks/{claimed['id']}/review")
+        post(f"/api/tasks/{claimed['id']}/complete")
+        wiki = ids["Tidy the wiki"]
+        post(f"/api/tasks/{wiki}/start")
+        post(f"/api/tasks/{wiki}/release")
+        post(f"/api/tasks/{wiki}/block", params={"reason": "needs a human"})
+        patched = api.patch(f"/api/tasks/{note['id']}", json={"description": "Timeline and causes"}, headers=agent)
+        assert patched.status_code == 200, patched.text
+        last = post("/api/tasks/claim", json={"project": slug})
+        assert last["id"] == note["id"]
+        post(f"/api/tasks/{note['id']}/complete")
+        nothing = api.post("/api/tasks/claim", json={"project": slug}, headers=agent)
+        assert nothing.status_code == 204, nothing.text
+
+    def through_cli(slug: str, ids: dict[str, int]) -> None:
+        env = {"TASKFLOW_URL": live_server.url, "TASKFLOW_TOKEN": token, "XDG_CONFIG_HOME": str(tmp_path)}
+
+        def taskflow(*args: str) -> Any:
+            result = CliRunner().invoke(app, ["--json", *args], env=env, catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            return json.loads(result.stdout)
+
+        note = taskflow("add", "Write a postmortem", "--project", slug, "--priority", "high")
+        claimed = taskflow("claim", "--project", slug, "--lease", "300")
+        task_id = str(claimed["id"])
+        taskflow("heartbeat", task_id)
+        taskflow("progress", task_id, "50", "--note", "rolled back")
+        taskflow("review", task_id)
+        taskflow("done", task_id)
+        wiki = str(ids["Tidy the wiki"])
+        taskflow("start", wiki)
+        taskflow("release", wiki)
+        taskflow("block", wiki, "--reason", "needs a human")
+        taskflow("edit", str(note["id"]), "--description", "Timeline and causes")
+        assert taskflow("claim", "--project", slug)["id"] == note["id"]
+        taskflow("done", str(note["id"]))
+        assert taskflow("claim", "--project", slug) is None
+
+    def through_mcp(slug: str, ids: dict[str, int]) -> None:
+        params = StdioServerParameters(
+            command=str(TASKFLOW_MCP), env={"TASKFLOW_URL": live_server.url, "TASKFLOW_TOKEN": token}, cwd=str(tmp_path)
+        )
+
+        async def main() -> None:
+            async with Client(params, read_timeout_seconds=30) as client:
+
+                async def call(tool: str, **arguments: Any) -> Any:
+                    result = await client.call_tool(tool, arguments)
+                    assert not result.is_error, result.content
+                    return result.structured_content
+
+                note = await call("create_task", title="Write a postmortem", project=slug, priority="high")
+                claimed = (await call("claim_next_task", project=slug, lease_seconds=300))["task"]
+                await call("heartbeat", task_id=claimed["id"])
+                await call("update_progress", task_id=claimed["id"], percent=50, note="rolled back")
+                await call("submit_for_review", task_id=claimed["id"])
+                await call("complete_task", task_id=claimed["id"])
+                wiki = ids["Tidy the wiki"]
+                await call("claim_task", task_id=wiki)
+                await call("release_task", task_id=wiki)
+                await call("block_task", task_id=wiki, reason="needs a human")
+                await call("update_task", task_id=note["id"], description="Timeline and causes")
+                assert (await call("claim_next_task", project=slug))["task"]["id"] == note["id"]
+                await call("complete_task", task_id=note["id"])
+                assert (await call("claim_next_task", project=slug))["claimed"] is False
+
+        anyio.run(main)
+
+    workflows: dict[str, Workflow] = {"rest": through_rest, "cli": through_cli, "mcp": through_mcp}
+    outcomes = {}
+    for channel in CHANNELS:
+        slug = f"parity-{channel}"
+        workflows[channel](slug, prepare(api, auth, slug))
+        outcomes[channel] = outcome(api, auth, slug)
+
+    # ------------------------------------------------------------ the same, whichever way
+
+    assert outcomes["cli"] == outcomes["rest"]
+    assert outcomes["mcp"] == outcomes["rest"]
+
+    states, trails = outcomes["rest"]
+    assert states["Fix the outage"]["status"] == "completed"
+    assert states["Fix the outage"]["assigned_to"] == AGENT
+    assert states["Tidy the wiki"]["status"] == "blocked"
+    assert states["Write a postmortem"]["description"] == "Timeline and causes"
+    assert states["Write a postmortem"]["status"] == "completed"
+    assert [row["action"] for row in trails["Fix the outage"]] == [
+        "task.created",
+        "task.claimed",
+        "task.progress",
+        "task.review",
+        "task.completed",
+    ]
+    assert [row["action"] for row in trails["Tidy the wiki"]] == [
+        "task.created",
+        "task.started",
+        "task.released",
+        "task.blocked",
+    ]
+    agent_rows = [row for trail in trails.values() for row in trail if row["actor_id"] == AGENT]
+    assert [row["action"] for row in trails["Write a postmortem"]] == [
+        "task.created",
+        "task.updated",
+        "task.claimed",
+        "task.completed",
+    ]
+    assert len(agent_rows) == 11
+    assert {(row["actor_type"], row["owner_id"]) for row in agent_rows} == {("agent", "alice")}
+    human_rows = [row for trail in trails.values() for row in trail if row["actor_id"] != AGENT]
+    assert {(row["actor_id"], row["actor_type"]) for row in human_rows} == {("alice", "human")}
+
+
+VOLATILE = {"id", "project_slug", "created_at", "updated_at", "lease_expires_at", "timestamp", "request_id", "task_id"}
+
+
+def outcome(api: httpx.Client, auth: Auth, slug: str) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """The project's tasks by title and their audit trails, without ids, slugs and times."""
+    tasks = api.get("/api/tasks", params={"project": slug, "limit": 100}, headers=auth("alice")).json()
+    states = {task["title"]: {k: v for k, v in task.items() if k not in VOLATILE} for task in tasks}
+    trails = {}
+    for task in tasks:
+        rows = api.get(f"/api/tasks/{task['id']}/audit", headers=auth("alice")).json()
+        trails[task["title"]] = [
+            {k: json.loads(json.dumps(v).replace(slug, "<project>")) for k, v in row.items() if k not in VOLATILE}
+            | {"context": context(row["context"], slug)}
+            for row in rows
+        ]
+    return states, trails
+
+
+def context(changes: dict[str, Any], slug: str) -> dict[str, Any]:
+    """An audit row's context with the project's slug and lease end times made comparable."""
+    normal: dict[str, Any] = json.loads(json.dumps(changes).replace(slug, "<project>"))
+    if "lease_expires_at" in normal:
+        normal["lease_expires_at"] = [value and "<time>" for value in normal["lease_expires_at"]]
+    return normal
