@@ -11,7 +11,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response, status
 from fastapi.encoders import jsonable_encoder
@@ -76,6 +76,7 @@ from models import (
 )
 
 logger = logging.getLogger("taskflow")
+Row = TypeVar("Row")
 
 DESCRIPTION = (
     "Task management where humans and AI agents work the same board. Every change is "
@@ -134,6 +135,13 @@ def database_health(request: Request) -> DatabaseHealth:
 # ---------------------------------------------------------------- tasks
 
 
+def counted(response: Response, page: tuple[list[Row], int]) -> list[Row]:
+    """Send a page of rows, with the number of all matching rows in `X-Total-Count`."""
+    rows, total = page
+    response.headers["X-Total-Count"] = str(total)
+    return rows
+
+
 def tagged(response: Response, task: Task) -> Task:
     """Send the task's version as its ETag, for a later If-Match."""
     response.headers["ETag"] = services.etag(task)
@@ -151,9 +159,7 @@ def list_tasks(
     filters: Annotated[TaskQuery, Query()], response: Response, session: SessionDep, user: CurrentUser
 ) -> list[Task]:
     """List the tasks you can see; the total matching count is in `X-Total-Count`."""
-    tasks, total = services.list_tasks(session, user, filters)
-    response.headers["X-Total-Count"] = str(total)
-    return tasks
+    return counted(response, services.list_tasks(session, user, filters))
 
 
 @api.post(
@@ -204,9 +210,7 @@ def task_history(
     task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0
 ) -> list[Any]:
     """A task's audit trail, oldest first; the total is in `X-Total-Count`."""
-    rows, total = services.task_history(session, user, task_id, limit, offset)
-    response.headers["X-Total-Count"] = str(total)
-    return rows
+    return counted(response, services.task_history(session, user, task_id, limit, offset))
 
 
 @api.get("/tasks/{task_id}/dependencies", response_model=list[TaskRead], tags=["dependencies"])
@@ -346,9 +350,7 @@ def list_projects(
     response: Response, session: SessionDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0
 ) -> list[Project]:
     """List the projects you are a member of; the total is in `X-Total-Count`."""
-    projects, total = services.list_projects(session, user, limit, offset)
-    response.headers["X-Total-Count"] = str(total)
-    return projects
+    return counted(response, services.list_projects(session, user, limit, offset))
 
 
 @api.get("/projects/{slug}", response_model=ProjectRead, tags=["projects"])
@@ -374,9 +376,7 @@ def list_members(
     slug: ProjectSlug, response: Response, session: SessionDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0
 ) -> list[ProjectMember]:
     """List a project's members; the total is in `X-Total-Count`."""
-    members, total = services.list_members(session, user, slug, limit, offset)
-    response.headers["X-Total-Count"] = str(total)
-    return members
+    return counted(response, services.list_members(session, user, slug, limit, offset))
 
 
 @api.post(
@@ -423,9 +423,7 @@ def list_workers(
     offset: Offset = 0,
 ) -> list[Worker]:
     """List registered workers, humans and agents; the total is in `X-Total-Count`."""
-    workers, total = services.list_workers(session, user, limit, offset, type)
-    response.headers["X-Total-Count"] = str(total)
-    return workers
+    return counted(response, services.list_workers(session, user, limit, offset, type))
 
 
 @api.get("/workers/{worker_id}", response_model=WorkerRead, tags=["workers"])
@@ -456,9 +454,7 @@ def list_audit(
     filters: Annotated[AuditQuery, Query()], response: Response, session: SessionDep, user: CurrentUser
 ) -> list[Any]:
     """Audit rows about the tasks and projects you can see, newest first; the total is in `X-Total-Count`."""
-    rows, total = services.list_audit(session, user, filters)
-    response.headers["X-Total-Count"] = str(total)
-    return rows
+    return counted(response, services.list_audit(session, user, filters))
 
 
 # ---------------------------------------------------------------- errors
