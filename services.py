@@ -212,6 +212,10 @@ def update_worker(session: Session, actor: Actor, worker_id: str, data: WorkerUp
             raise Forbidden("Only an admin may change who is accountable for an agent")
     if fields.get("type") == WorkerType.system:
         raise BadRequest("No worker can become the system")
+    if fields.get("type", worker.type) != WorkerType.human and worker.type == WorkerType.human:
+        owned = session.exec(select(Worker.id).where(Worker.owner_id == worker.id).limit(1)).first()
+        if owned is not None:
+            raise Conflict(f"'{worker.id}' is accountable for agent '{owned}', so it must stay a human")
     _check_owner(session, fields.get("type", worker.type), fields.get("owner_id", worker.owner_id))
     diff = audit.changes(worker.model_dump(), fields)
     if diff:
@@ -245,7 +249,7 @@ def list_projects(session: Session, actor: Actor, limit: int, offset: int) -> tu
 def get_project(session: Session, actor: Actor, slug: str, *, for_update: bool = False) -> Project:
     query = select(Project).where(Project.slug == slug, _visible_project(actor))
     if for_update:
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)
     project = session.exec(query).first()
     if project is None:
         raise NotFound(f"Project '{slug}' not found")
@@ -417,11 +421,14 @@ def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> tuple[list
     return paginate(session, query, filters.limit, filters.offset, *_task_order(filters.sort))
 
 
+# Rows are locked FOR NO KEY UPDATE (`key_share=True`): ids never change, and unlike FOR UPDATE
+# it does not block the KEY SHARE locks that foreign-key checks of other transactions take,
+# which would deadlock two requests linking two tasks to each other.
 def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool = False) -> Task:
     expire_leases(session, task_id=task_id)
     query = select(Task).where(Task.id == task_id, _visible_task(actor))
     if for_update:
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)
     task = session.exec(query).first()
     if task is None:
         raise NotFound(f"Task {task_id} not found")
@@ -857,7 +864,7 @@ def expire_leases(session: Session, *, task_id: int | None = None) -> None:
     if task_id is not None:
         query = query.where(Task.id == task_id)
     # SKIP LOCKED: a task being changed right now is left to the next sweep.
-    for task in session.exec(query.order_by(col(Task.id)).with_for_update(skip_locked=True)).all():
+    for task in session.exec(query.order_by(col(Task.id)).with_for_update(skip_locked=True, key_share=True)).all():
         before = task.model_dump()
         assert task.id is not None
         if task.assigned_to is not None and session.get(LostLease, (task.id, task.assigned_to)) is None:
@@ -887,7 +894,7 @@ def claim_task(session: Session, actor: Actor, request: ClaimRequest, *, lease_s
     query = query.order_by(
         rank.desc(), col(Task.due_date).asc().nulls_last(), col(Task.created_at).asc(), col(Task.id).asc()
     )
-    task = session.exec(query.limit(1).with_for_update(skip_locked=True, of=Task)).first()
+    task = session.exec(query.limit(1).with_for_update(skip_locked=True, of=Task, key_share=True)).first()
     if task is None:
         return None
     before = task.model_dump()

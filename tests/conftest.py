@@ -31,7 +31,16 @@ from database import create_db_engine, migrate, normalize_database_url
 from main import create_app
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
-TABLES = ["audit_log", "project_member", "task", "project", "worker"]
+TABLES = [
+    "audit_log",
+    "idempotency_key",
+    "lost_lease",
+    "task_dependency",
+    "project_member",
+    "task",
+    "project",
+    "worker",
+]
 
 
 # ---------------------------------------------------------------- keys and the JWKS server
