@@ -149,6 +149,31 @@ def test_migrate_brings_an_empty_database_to_the_newest_revision(scratch: Engine
     assert current_revision(scratch) == head_revision()
 
 
+def test_upgrading_a_database_that_holds_data_keeps_it(scratch: Engine) -> None:
+    # SQLite rebuilds tables in batch migrations; with rows pointing at them that must still work.
+    alembic(scratch, command.upgrade, "0001")
+    with scratch.begin() as connection:
+        connection.execute(
+            text("INSERT INTO worker (id, type, name, created_at) VALUES ('alice', 'human', 'Alice', :now)"),
+            {"now": "2026-11-01 10:00:00"},
+        )
+        for task_id, parent in ((1, None), (2, 1)):
+            connection.execute(
+                text(
+                    "INSERT INTO task (id, title, status, priority, progress_percent, parent_id, created_by,"
+                    " created_at, updated_at) VALUES (:id, 'T', 'pending', 'medium', 0, :parent, 'alice', :now, :now)"
+                ),
+                {"id": task_id, "parent": parent, "now": "2026-11-01 10:00:00"},
+            )
+
+    migrate(scratch)
+
+    assert current_revision(scratch) == head_revision()
+    with scratch.connect() as connection:
+        rows = connection.execute(text("SELECT id, parent_id, version FROM task ORDER BY id")).all()
+    assert [tuple(row) for row in rows] == [(1, None, 1), (2, 1, 1)]
+
+
 def test_migrate_a_second_time_changes_nothing(scratch: Engine) -> None:
     migrate(scratch)
     with scratch.begin() as connection:
