@@ -149,8 +149,8 @@ class JWKSVerifier:
         if isinstance(kid, str) and kid in self._static_keys:
             return self._static_keys[kid]
         keys = self._fresh_keys()
-        if self._fetched_at is None and not self._static_keys:
-            raise KeySetUnavailable("No signing key is available to verify tokens")
+        if not keys and not self._static_keys:
+            raise KeySetUnavailable("No usable signing key is available to verify tokens")
         if kid is None:
             candidates = [*keys.values(), *self._static_keys.values()]
             if len(candidates) == 1:
@@ -168,9 +168,12 @@ class JWKSVerifier:
     def _fresh_keys(self) -> dict[str | None, jwt.PyJWK]:
         if not self._stale():
             return self._keys
+        asked_at = self._clock()
         with self._lock:
-            # Another thread may have refreshed while this one waited for the lock.
-            if self._stale():
+            # Another thread may have fetched while this one waited for the lock: take its
+            # keys, or its failure, rather than asking again.
+            failed_meanwhile = self._failed_at is not None and self._failed_at > asked_at
+            if self._stale() and not failed_meanwhile:
                 self._fetch()
             return self._keys
 

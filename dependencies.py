@@ -90,15 +90,18 @@ LeaseSeconds = Annotated[
 # ---------------------------------------------------------------- idempotency keys
 
 
-async def request_fingerprint(request: Request) -> str:
+async def request_fingerprint(request: Request) -> str | None:
+    if "idempotency-key" not in request.headers:
+        return None
     return idempotency.fingerprint(request.method, request.url.path, request.url.query, await request.body())
 
 
 def check_idempotency_key(
     request: Request,
+    # First: the body is read before a transaction starts, so a slow client holds no database lock.
+    fingerprint: Annotated[str | None, Depends(request_fingerprint)],
     session: SessionDep,
     user: CurrentUser,
-    fingerprint: Annotated[str, Depends(request_fingerprint)],
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -109,7 +112,7 @@ def check_idempotency_key(
         ),
     ] = None,
 ) -> None:
-    if idempotency_key is not None:
+    if idempotency_key is not None and fingerprint is not None:
         request.state.idempotency = idempotency.begin(session, user.id, idempotency_key, fingerprint)
 
 

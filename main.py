@@ -18,7 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, IntegrityError
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,6 +58,7 @@ from models import (
     MemberCreate,
     MemberRead,
     MemberUpdate,
+    Note,
     Project,
     ProjectCreate,
     ProjectMember,
@@ -304,14 +305,11 @@ def block_task(
     response: Response,
     session: SessionDep,
     user: CurrentUser,
-    reason: Annotated[
-        str,
-        Query(min_length=1, max_length=2000, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$", description="Why it is blocked"),
-    ],
+    reason: Annotated[Note, Query(description="Why it is blocked")],
     if_match: IfMatch = None,
 ) -> Task:
     """Mark a pending, in-progress or in-review task as blocked, with a reason."""
-    return tagged(response, services.block_task(session, user, task_id, reason.strip(), if_match=if_match))
+    return tagged(response, services.block_task(session, user, task_id, reason, if_match=if_match))
 
 
 @api.post("/tasks/{task_id}/unblock", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
@@ -499,6 +497,13 @@ def handle_replay(_request: Request, exc: Exception) -> Response:
     return Response(content=exc.body, status_code=exc.status_code, headers=headers)
 
 
+def handle_integrity_error(_request: Request, _exc: Exception) -> JSONResponse:
+    # Rules are checked before writing; a constraint that still fails lost a race with a
+    # concurrent request (a parent or project deleted meanwhile, say). Nothing was saved.
+    message = "The request conflicts with a change made at the same time; read the current state and retry"
+    return JSONResponse(_envelope(409, "conflict", message), status_code=409)
+
+
 def handle_data_error(_request: Request, _exc: Exception) -> JSONResponse:
     # A value the database refused (out of range, malformed): the client's fault, and no data is saved.
     return JSONResponse(_envelope(400, "bad_request", "A value was refused by the database"), status_code=400)
@@ -641,6 +646,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(idempotency.Replay, handle_replay)
     app.add_exception_handler(DataError, handle_data_error)
+    app.add_exception_handler(IntegrityError, handle_integrity_error)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(
         CORSMiddleware,

@@ -151,6 +151,12 @@ Name = Annotated[
     AfterValidator(_no_nul),
     AfterValidator(_not_blank),
 ]
+Note = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=2_000),
+    AfterValidator(_no_nul),
+    AfterValidator(_not_blank),
+]
 Slug = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SLUG_PATTERN)]
 WorkerId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=WORKER_ID_PATTERN)]
 Id = Annotated[int, PydanticField(ge=1, le=MAX_ID)]

@@ -513,7 +513,15 @@ def update_task(
     fields = data.model_dump(exclude_unset=True)
     target_status = fields.pop("status", task.status)
 
+    if fields.get("assigned_to", task.assigned_to) != task.assigned_to and task.status in WORK_UNDER_WAY:
+        # Work under way changes hands only by its holder or a project owner, never by a grab.
+        if task.assigned_to not in {None, actor.id} and not _is_task_owner(session, actor, task):
+            raise Forbidden(
+                f"Task {task_id} is being worked on by '{task.assigned_to}'; only they or an owner reassign it"
+            )
     if "project_slug" in fields and fields["project_slug"] != task.project_slug:
+        if task.created_by != actor.id and not _is_task_owner(session, actor, task):
+            raise Forbidden("Only the task's creator or a project owner may move it to another project")
         if fields["project_slug"] is not None:
             _check_project_for_task(session, actor, fields["project_slug"])
         if _has_subtasks(session, task):
@@ -575,6 +583,7 @@ def _has_dependencies(session: Session, task: Task) -> bool:
     return session.exec(edges.limit(1)).first() is not None
 
 
+WORK_UNDER_WAY = {TaskStatus.in_progress, TaskStatus.review}
 UNAUDITED_FIELDS = {"updated_at", "version", "lease_expires_at"}
 
 

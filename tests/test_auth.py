@@ -1088,3 +1088,15 @@ def test_devtoken_command_prints_a_token_the_dev_server_accepts(
         response = whoami(client, bearer(token), "carol")
     assert response.status_code == 200, response.text
     assert response.json()["name"] == "Carol"
+
+
+def test_a_jwks_without_a_single_usable_key_answers_503(
+    api: TestClient, make_token: TokenFactory, jwks: JWKSServer
+) -> None:
+    secret = b"a-shared-secret-nobody-should-trust"
+    jwks.keys = [{"kty": "oct", "kid": "hmac-key", "alg": "HS256", "k": b64url(secret)}]
+
+    response = api.get("/api/tasks", headers=bearer(make_token("alice")))
+
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "service_unavailable"

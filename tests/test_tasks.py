@@ -942,3 +942,33 @@ def test_empty_list_is_a_json_array_with_a_zero_count(client: TestClient, auth: 
     assert response.status_code == 200, response.text
     assert response.json() == []
     assert response.headers["X-Total-Count"] == "0"
+
+
+# ---------------------------------------------------------------- work under way is not grabbed
+
+
+def test_a_member_cannot_reassign_a_task_someone_else_is_working_on(
+    client: TestClient, auth: AuthHeaders, create_project: Callable[..., Any], create_task: Callable[..., Any]
+) -> None:
+    create_project("demo", members=["bob", "carol"])
+    task = create_task("Busy", project_slug="demo")
+    assert client.post(f"/api/tasks/{task['id']}/start", headers=auth("bob")).status_code == 200
+
+    grab = client.patch(f"/api/tasks/{task['id']}", json={"assigned_to": "carol"}, headers=auth("carol"))
+    move = client.patch(f"/api/tasks/{task['id']}", json={"project_slug": None}, headers=auth("carol"))
+    handover = client.patch(f"/api/tasks/{task['id']}", json={"assigned_to": "carol"}, headers=auth("bob"))
+
+    assert_error(grab, 403, "forbidden")
+    assert_error(move, 403, "forbidden")
+    assert handover.status_code == 200, handover.text
+    assert handover.json()["assigned_to"] == "carol"
+
+
+def test_a_block_reason_of_only_unicode_separators_is_refused(
+    client: TestClient, auth: AuthHeaders, create_task: Callable[..., Any]
+) -> None:
+    task = create_task("Stuck")
+
+    response = client.post(f"/api/tasks/{task['id']}/block", params={"reason": "\x1c\u2028"}, headers=auth("alice"))
+
+    assert_error(response, 422, "validation_error")
