@@ -23,7 +23,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from taskflow_client import JSON, ApiError, ClientError, ConfigurationError, Reply, TaskFlowClient, normalize_url
+from taskflow_client import (
+    JSON,
+    ApiError,
+    ClientError,
+    ConfigurationError,
+    Page,
+    Reply,
+    TaskFlowClient,
+    normalize_url,
+)
 
 Status = Literal["pending", "in_progress", "review", "completed", "blocked"]
 Priority = Literal["low", "medium", "high", "critical"]
@@ -195,6 +204,20 @@ def show(ctx: typer.Context, reply: Reply, render: Callable[[Console, JSON], Non
         sys.stdout.write((reply.text or "null").rstrip("\n") + "\n")
     else:
         render(stdout(), reply.data)
+
+
+def show_page(ctx: typer.Context, page: Page, render: Callable[[Console, JSON, int | None], None]) -> None:
+    """`--json`: the API's array exactly; else the human rendering of the page and its total."""
+    if options_of(ctx).json_output:
+        sys.stdout.write(page.text.rstrip("\n") + "\n")
+    else:
+        render(stdout(), page.items, page.total)
+
+
+def records(columns: list[str], empty: str) -> Callable[[Console, JSON, int | None], None]:
+    """Render a page of plain records as a table (their total is not shown)."""
+    render = render_records(columns, empty)
+    return lambda console, items, _total: render(console, items)
 
 
 def cell(value: Any) -> Text:
@@ -434,10 +457,7 @@ def list_tasks(
             limit=limit,
             offset=offset,
         )
-    if options_of(ctx).json_output:
-        sys.stdout.write(page.text.rstrip("\n") + "\n")
-    else:
-        render_tasks(stdout(), page.items, page.total)
+    show_page(ctx, page, render_tasks)
 
 
 @app.command("show")
@@ -539,10 +559,7 @@ def history(
     """A task's audit trail, oldest first: who did what, human or agent."""
     with api(ctx) as client:
         page = client.task_history(task_id, limit=limit, offset=offset)
-    if options_of(ctx).json_output:
-        sys.stdout.write(page.text.rstrip("\n") + "\n")
-    else:
-        render_audit(stdout(), page.items, page.total)
+    show_page(ctx, page, render_audit)
 
 
 # ---------------------------------------------------------------- the workflow
@@ -698,10 +715,7 @@ def list_projects(
     """The projects you are a member of."""
     with api(ctx) as client:
         page = client.list_projects(limit=limit, offset=offset)
-    if options_of(ctx).json_output:
-        sys.stdout.write(page.text.rstrip("\n") + "\n")
-    else:
-        render_records(PROJECT_COLUMNS, "No projects.")(stdout(), page.items)
+    show_page(ctx, page, records(PROJECT_COLUMNS, "No projects."))
 
 
 @projects_app.command("show")
@@ -768,10 +782,7 @@ def list_members(
     """A project's members and their roles."""
     with api(ctx) as client:
         page = client.list_members(slug, limit=limit, offset=offset)
-    if options_of(ctx).json_output:
-        sys.stdout.write(page.text.rstrip("\n") + "\n")
-    else:
-        render_records(["worker_id", "role", "added_at"], "No members.")(stdout(), page.items)
+    show_page(ctx, page, records(["worker_id", "role", "added_at"], "No members."))
 
 
 @members_app.command("add")
@@ -823,10 +834,7 @@ def list_workers(
     """Registered workers, humans and agents."""
     with api(ctx) as client:
         page = client.list_workers(type=type, limit=limit, offset=offset)
-    if options_of(ctx).json_output:
-        sys.stdout.write(page.text.rstrip("\n") + "\n")
-    else:
-        render_records(WORKER_COLUMNS, "No workers.")(stdout(), page.items)
+    show_page(ctx, page, records(WORKER_COLUMNS, "No workers."))
 
 
 @workers_app.command("show")

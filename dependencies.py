@@ -20,7 +20,7 @@ import services
 from auth import InvalidToken, JWKSVerifier, KeySetUnavailable, Principal
 from database import transaction
 from errors import ServiceUnavailable, Unauthorized
-from models import MAX_ID, SLUG_PATTERN, WORKER_ID_PATTERN
+from models import MAX_ID, MAX_LEASE_SECONDS, SLUG_PATTERN, WORKER_ID_PATTERN
 
 
 def get_engine(request: Request) -> Engine:
@@ -83,7 +83,7 @@ IfMatch = Annotated[
     Header(alias="If-Match", max_length=1000, description="The task's ETag as you read it: refuse if it changed since"),
 ]
 LeaseSeconds = Annotated[
-    int | None, Query(ge=1, le=7 * 24 * 3600, description="Seconds the claim lasts without a heartbeat")
+    int | None, Query(ge=1, le=MAX_LEASE_SECONDS, description="Seconds the claim lasts without a heartbeat")
 ]
 
 

@@ -162,7 +162,8 @@ WorkerId = Annotated[str, StringConstraints(min_length=1, max_length=128, patter
 Id = Annotated[int, PydanticField(ge=1, le=MAX_ID)]
 ParentId = Annotated[Id | None, BeforeValidator(_zero_is_none)]
 DueDate = Annotated[datetime | None, AfterValidator(_aware)]
-LeaseSeconds = Annotated[int, PydanticField(ge=1, le=7 * 24 * 3600)]
+MAX_LEASE_SECONDS = 7 * 24 * 3600
+LeaseSeconds = Annotated[int, PydanticField(ge=1, le=MAX_LEASE_SECONDS)]
 
 # Request bodies refuse unknown fields, so a typo is a 422 instead of a silent no-op.
 STRICT_BODY = SQLModelConfig(extra="forbid")
