@@ -12,9 +12,12 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from models import AuditLog, WorkerType
+from models import AuditLog, Worker, WorkerType
+
+# TaskFlow itself, when it changes a task on its own (a lease running out); it has no worker row.
+SYSTEM_ID = "system"
 
 # Set per request by the request-id middleware, so rows can be traced to a request
 # without threading the id through every service call.
@@ -24,10 +27,6 @@ current_request_id: ContextVar[str | None] = ContextVar("current_request_id", de
 class Actor(Protocol):
     @property
     def id(self) -> str: ...
-    @property
-    def type(self) -> WorkerType: ...
-    @property
-    def owner_id(self) -> str | None: ...
 
 
 def json_value(value: Any) -> Any:
@@ -56,12 +55,21 @@ def record(
     project_slug: str | None = None,
     context: dict[str, Any] | None = None,
 ) -> AuditLog:
+    if actor.id == SYSTEM_ID:
+        actor_type: Any = WorkerType.system
+        owner_id: Any = None
+    else:
+        # Read from the worker row by the INSERT itself, so a change of an agent's type or owner
+        # shows in the very next row, in every process, with no cache to invalidate. A missing
+        # row makes actor_type NULL, which the table refuses: no change goes unattributed.
+        actor_type = select(Worker.type).where(Worker.id == actor.id).scalar_subquery()
+        owner_id = select(Worker.owner_id).where(Worker.id == actor.id).scalar_subquery()
     row = AuditLog(
         task_id=task_id,
         project_slug=project_slug,
         actor_id=actor.id,
-        actor_type=actor.type,
-        owner_id=actor.owner_id,
+        actor_type=actor_type,
+        owner_id=owner_id,
         action=action,
         context={key: json_value(value) for key, value in (context or {}).items()},
         request_id=current_request_id.get(),

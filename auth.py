@@ -6,10 +6,12 @@ Framework-free: `JWKSVerifier.verify(token)` returns a `Principal` or raises `In
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,8 @@ MAX_TOKEN_LENGTH = 16_384
 # A subject becomes a worker id, so it must be one: models.WORKER_ID_PATTERN accepts the same ids.
 SUBJECT_PATTERN = re.compile(r"^[A-Za-z0-9@._:|+-]{1,128}$")
 LEEWAY_SECONDS = 5
+# Verified tokens remembered at once; each costs about 200 bytes.
+TOKEN_CACHE_SIZE = 10_000
 
 
 class InvalidToken(Exception):
@@ -75,6 +79,10 @@ class JWKSVerifier:
     The copy is trusted for `cache_ttl` seconds. A token naming an unknown `kid` (the
     signer rotated its key) triggers a refetch, at most once per `refetch_interval`, so
     a flood of made-up kids cannot turn into a flood of requests to the auth server.
+
+    A verified token is remembered until its `exp`, never past it, so a client reusing its
+    token is not verified again; every change of the key set forgets them all, and so does
+    the key set growing stale, so a withdrawn key stops working when it would have uncached.
     """
 
     def __init__(
@@ -101,12 +109,46 @@ class JWKSVerifier:
         self._fetched_at: float | None = None
         self._failed_at: float | None = None
         self._unknown_kid_refetch_at: float | None = None
+        self._verified_lock = threading.Lock()
+        self._verified: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self._wall_clock: Callable[[], float] = time.time
+        self._key_generation = 0
         self.fetch_count = 0
 
     def close(self) -> None:
         self._http.close()
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token verified before and not yet expired, or None: no I/O, no signature check."""
+        if self._fetched_at is not None and self._stale():
+            return None
+        digest = hashlib.sha256(token.encode()).digest()
+        with self._verified_lock:
+            entry = self._verified.get(digest)
+            if entry is None:
+                return None
+            principal, expires_at = entry
+            if self._wall_clock() >= expires_at:
+                del self._verified[digest]
+                return None
+            self._verified.move_to_end(digest)
+            return principal
+
     def verify(self, token: str) -> Principal:
+        principal = self.cached(token)
+        if principal is not None:
+            return principal
+        generation = self._key_generation
+        principal, expires_at = self._verify(token)
+        with self._verified_lock:
+            if generation != self._key_generation:
+                return principal  # the keys changed while this token was checked: remember nothing
+            self._verified[hashlib.sha256(token.encode()).digest()] = (principal, expires_at)
+            if len(self._verified) > TOKEN_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken("Malformed token")
         try:
@@ -141,7 +183,10 @@ class JWKSVerifier:
             raise InvalidToken(f"Token lacks the '{exc.claim}' claim") from None
         except jwt.PyJWTError:
             raise InvalidToken("Invalid token") from None
-        return _principal(claims)
+        expires_at = claims["exp"]
+        if not isinstance(expires_at, int | float):
+            raise InvalidToken("Token has an invalid 'exp' claim")
+        return _principal(claims), float(expires_at)
 
     def _key_for(self, kid: object) -> jwt.PyJWK:
         if kid is not None and not isinstance(kid, str):
@@ -208,6 +253,10 @@ class JWKSVerifier:
             self._failed_at = self._clock()
             logger.warning("Could not fetch signing keys from %s: %s", self.jwks_url, type(exc).__name__)
             return False
+        # New keys may have withdrawn the one a remembered token was signed with.
+        with self._verified_lock:
+            self._verified.clear()
+            self._key_generation += 1
         self._keys = keys
         self._fetched_at = self._clock()
         self._failed_at = None

@@ -25,8 +25,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     database_url: str = "sqlite:///./taskflow.db"
-    db_pool_size: int = Field(default=5, ge=1)
-    db_max_overflow: int = Field(default=10, ge=0)
+    # Connections each worker keeps open, and also how many requests it runs at once in
+    # threads: every database call happens in one, so a request never waits for a connection.
+    db_pool_size: int = Field(default=20, ge=1, le=1000)
+    # Beyond the pool, for the lease sweeper and the readiness check.
+    db_max_overflow: int = Field(default=5, ge=0)
     auto_migrate: bool = True
 
     auth_server_url: str = "http://localhost:3001"
@@ -38,6 +41,8 @@ class Settings(BaseSettings):
 
     # Seconds a claim lasts without a heartbeat; unset means claims never expire.
     lease_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    # How often the sweeper hands back tasks whose lease ran out; 0 turns it off in this process.
+    lease_sweep_seconds: float = Field(default=5.0, ge=0, le=3600)
 
     # The local development issuer: never trusted unless switched on explicitly.
     dev_auth: bool = False

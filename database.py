@@ -6,6 +6,7 @@ Nothing here is built at import time: `main` creates the engine when the app sta
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
@@ -30,15 +31,74 @@ def normalize_database_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_db_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
+# A connection idle for longer than this is pinged before it is handed out: Neon and other
+# poolers close idle connections, and a ping on every checkout would cost a round trip each.
+PING_AFTER_IDLE_SECONDS = 30.0
+# Replaced after this long, before any server-side idle or lifetime limit can bite.
+RECYCLE_SECONDS = 1800
+
+
+def create_db_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 30) -> Engine:
     url = normalize_database_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    # Neon (and any pooler) closes idle connections; pre-ping replaces them quietly.
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
+    engine = create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        pool_recycle=RECYCLE_SECONDS,
+        # Checked-in connections are reused most recently used first, so the idle ones age
+        # out at the back of the queue instead of all being kept barely alive.
+        pool_use_lifo=True,
+    )
+    event.listen(engine, "begin", _read_only_on_begin)
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same pool, for requests that only read: no transaction on PostgreSQL, a shared lock on SQLite.
+
+    Each statement of a read then sees committed data as of its own start, and a read never
+    takes a row lock or holds a snapshot open. On PostgreSQL this also saves the BEGIN and
+    COMMIT round trips. (SQLAlchemy's AUTOCOMMIT isolation level would cost a round trip of its
+    own to reset each connection on its way back to the pool; psycopg2's flag costs none.)
+    """
+    return engine.execution_options(taskflow_read_only=True)
+
+
+def _read_only_on_begin(connection: Any) -> None:
+    if connection.get_execution_options().get("taskflow_read_only"):
+        # psycopg2 sends its BEGIN with the first statement, which has not been sent yet.
+        connection.connection.dbapi_connection.autocommit = True
+
+
+def _note_checkin(dbapi_connection: Any, record: Any) -> None:
+    if dbapi_connection is not None:
+        # A read's connection goes back to writing transactions (client-side; no round trip).
+        dbapi_connection.autocommit = False
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    checked_in_at = record.info.get("checked_in_at")
+    if checked_in_at is None or time.monotonic() - checked_in_at < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()
+    except Exception as error:
+        # The pool throws this connection away and checks out another (up to three times).
+        raise exc.DisconnectionError("an idle connection was closed by the server") from error
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -52,6 +112,10 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(connection: Any) -> None:
+    if connection.get_execution_options().get("taskflow_read_only"):
+        # A deferred transaction that only reads never takes the write lock (WAL).
+        connection.exec_driver_sql("BEGIN")
+        return
     # Take the write lock up front: a deferred transaction that reads and then writes
     # can fail with "database is locked" however long the busy timeout is.
     connection.exec_driver_sql("BEGIN IMMEDIATE")

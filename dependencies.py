@@ -1,26 +1,42 @@
-"""What routes receive through `Depends`: the request's session, the current user, shared parameters.
+"""What routes receive through `Depends`, and the one trip into the thread pool that runs them.
 
-Auth failures become 401 (or 503 when no signing key can be had) here, so routes never see a token.
+Every dependency here is `async` and does no blocking I/O, so FastAPI resolves them on the event
+loop; the route (a plain `def`), its queries, the response's serialization and the commit then run
+together in one thread-pool call (`TaskFlowRoute`). Auth failures become 401 (or 503 when no
+signing key can be had) here, so routes never see a token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterator
+import functools
+import inspect
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import ResponseValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
+from starlette.responses import Response as StarletteResponse
 
 import idempotency
 import services
 from auth import InvalidToken, JWKSVerifier, KeySetUnavailable, Principal
-from database import transaction
+from database import read_only
 from errors import ServiceUnavailable, Unauthorized
-from models import MAX_ID, MAX_LEASE_SECONDS, SLUG_PATTERN, WORKER_ID_PATTERN
+from models import MAX_ID, MAX_LEASE_SECONDS, MAX_OFFSET, SLUG_PATTERN, WORKER_ID_PATTERN
+
+READ_METHODS = frozenset({"GET", "HEAD"})
+# Worker ids known to have a row. Workers are never deleted, so an id only ever leaves by eviction.
+KNOWN_WORKERS_SIZE = 100_000
 
 
 def get_engine(request: Request) -> Engine:
@@ -28,14 +44,7 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with transaction(get_engine(request)) as session:
-        yield session
-
-
-# scope="function": the commit happens before the response is sent, so a failed
-# commit becomes an error response instead of a 2xx for data that was never saved.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+# ---------------------------------------------------------------- the caller
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -44,35 +53,101 @@ bearer_scheme = HTTPBearer(
 )
 
 
-def get_principal(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
-) -> Principal:
-    if credentials is None:
-        raise Unauthorized("Missing bearer token: send 'Authorization: Bearer <JWT>'")
-    verifier: JWKSVerifier = request.app.state.verifier
+def _verify(verifier: JWKSVerifier, token: str) -> Principal:
     try:
-        return verifier.verify(credentials.credentials)
+        return verifier.verify(token)
     except InvalidToken as exc:
         raise Unauthorized(str(exc)) from None
     except KeySetUnavailable as exc:
         raise ServiceUnavailable(str(exc)) from None
 
 
-def get_current_user(session: SessionDep, principal: Annotated[Principal, Depends(get_principal)]) -> services.Actor:
-    return services.authenticate(session, principal)
+async def get_principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+) -> Principal:
+    if credentials is None:
+        raise Unauthorized("Missing bearer token: send 'Authorization: Bearer <JWT>'")
+    verifier: JWKSVerifier = request.app.state.verifier
+    # A token seen before is answered from memory; only a new one is checked, in a thread,
+    # because checking it may mean fetching the key set.
+    principal = verifier.cached(credentials.credentials)
+    if principal is None:
+        principal = await run_in_threadpool(_verify, verifier, credentials.credentials)
+    return principal
+
+
+class KnownWorkers:
+    """The ids whose worker row exists, so a request need not read it: bounded, most recent kept."""
+
+    def __init__(self, size: int = KNOWN_WORKERS_SIZE) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, worker_id: object) -> bool:
+        with self._lock:
+            if worker_id not in self._ids:
+                return False
+            self._ids.move_to_end(worker_id)  # type: ignore[arg-type]
+            return True
+
+    def add(self, worker_id: str) -> None:
+        with self._lock:
+            self._ids[worker_id] = None
+            if len(self._ids) > self.size:
+                self._ids.popitem(last=False)
+
+
+async def get_current_user(principal: Annotated[Principal, Depends(get_principal)]) -> services.Actor:
+    return services.actor_for(principal)
 
 
 CurrentUser = Annotated[services.Actor, Depends(get_current_user)]
+
+
+# ---------------------------------------------------------------- the request's session
+
+
+class RequestSession(Session):
+    """The request's one session and transaction, and what must happen in it before the route runs.
+
+    It connects on first use, inside the route's thread. `TaskFlowRoute` commits it after the
+    response is serialized, so a failed commit is an error response, never a 2xx for nothing.
+    """
+
+    def __init__(self, engine: Engine, principal: Principal, known_workers: KnownWorkers) -> None:
+        super().__init__(engine, expire_on_commit=False)
+        self.principal = principal
+        self.known_workers = known_workers
+        # A caller seen for the first time gets its worker row in the same transaction.
+        self.register = principal.id not in known_workers
+        self.idempotency_key: str | None = None
+        self.fingerprint: str | None = None
+        self.pending: idempotency.Pending | None = None
+        self.committing = False
+
+
+async def get_session(request: Request, principal: Annotated[Principal, Depends(get_principal)]) -> RequestSession:
+    engine = get_engine(request)
+    session = RequestSession(engine, principal, request.app.state.known_workers)
+    if request.method in READ_METHODS and not session.register:
+        session.bind = read_only(engine)
+    return session
+
+
+SessionDep = Annotated[RequestSession, Depends(get_session)]
 
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id")]
 OtherTaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The id of the task depended on")]
 ProjectSlug = Annotated[str, Path(max_length=64, pattern=SLUG_PATTERN, description="The project's slug")]
 WorkerIdPath = Annotated[str, Path(max_length=128, pattern=WORKER_ID_PATTERN, description="The worker's id")]
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size")]
-Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="Rows to skip")]
+Offset = Annotated[
+    int, Query(ge=0, le=MAX_OFFSET, description=f"Rows to skip (at most {MAX_OFFSET:,}; then use `after`)")
+]
 
 
-def get_default_lease(request: Request) -> int | None:
+async def get_default_lease(request: Request) -> int | None:
     lease: int | None = request.app.state.settings.lease_seconds
     return lease
 
@@ -90,18 +165,9 @@ LeaseSeconds = Annotated[
 # ---------------------------------------------------------------- idempotency keys
 
 
-async def request_fingerprint(request: Request) -> str | None:
-    if "idempotency-key" not in request.headers:
-        return None
-    return idempotency.fingerprint(request.method, request.url.path, request.url.query, await request.body())
-
-
-def check_idempotency_key(
+async def check_idempotency_key(
     request: Request,
-    # First: the body is read before a transaction starts, so a slow client holds no database lock.
-    fingerprint: Annotated[str | None, Depends(request_fingerprint)],
     session: SessionDep,
-    user: CurrentUser,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -112,33 +178,102 @@ def check_idempotency_key(
         ),
     ] = None,
 ) -> None:
-    if idempotency_key is not None and fingerprint is not None:
-        request.state.idempotency = idempotency.begin(session, user.id, idempotency_key, fingerprint)
+    if idempotency_key is None:
+        return
+    # Read here, before the route's thread starts its transaction: a slow client holds no database lock.
+    body = await request.body()
+    session.idempotency_key = idempotency_key
+    session.fingerprint = idempotency.fingerprint(request.method, request.url.path, request.url.query, body)
 
 
-class IdempotentRoute(APIRoute):
-    """A route whose POSTs honour `Idempotency-Key`, saving their response in the request's transaction."""
+# ---------------------------------------------------------------- the route class
+
+
+class TaskFlowRoute(APIRoute):
+    """A route whose plain `def` endpoint, serialization and commit run in one thread-pool call.
+
+    FastAPI would hop into the pool once per sync dependency, once for the endpoint and once more
+    to validate the response; here the dependencies are async and the endpoint is wrapped so that
+    everything blocking happens in one call. The response is serialized before the commit, so a
+    commit that fails is an error response, and POSTs honour `Idempotency-Key`, saving their
+    response in the same transaction as the change.
+    """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        dependencies = list(kwargs.get("dependencies") or [])
-        if "POST" in (kwargs.get("methods") or ()) and not any(
-            getattr(d, "dependency", None) is check_idempotency_key for d in dependencies
-        ):
-            kwargs["dependencies"] = [*dependencies, Depends(check_idempotency_key)]
+        if "POST" in (kwargs.get("methods") or ()):
+            dependencies = list(kwargs.get("dependencies") or [])
+            if not any(getattr(d, "dependency", None) is check_idempotency_key for d in dependencies):
+                kwargs["dependencies"] = [*dependencies, Depends(check_idempotency_key)]
+        if not inspect.iscoroutinefunction(endpoint):
+            endpoint = self._in_one_thread(endpoint)
         super().__init__(path, endpoint, **kwargs)
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    def _in_one_thread(self, endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(endpoint)
+        async def run(**values: Any) -> Response:
+            return await run_in_threadpool(self._run, endpoint, values)
 
-        async def save_response(request: Request) -> Response:
-            # This runs before the request's transaction commits, so the saved response
-            # and the change it reports are committed together.
-            response = await handler(request)
-            pending: idempotency.Pending | None = getattr(request.state, "idempotency", None)
-            if pending is not None:
-                await run_in_threadpool(
-                    pending.save, response.status_code, bytes(response.body), dict(response.headers)
-                )
+        return run
+
+    def _run(self, endpoint: Callable[..., Any], values: dict[str, Any]) -> Response:
+        session = next((value for value in values.values() if isinstance(value, RequestSession)), None)
+        if session is None:
+            return self._render(endpoint(**values), values)
+        with session:
+            try:
+                response = self._attempt(session, endpoint, values)
+            except DBAPIError as error:
+                # A connection the server closed since its last use fails on its first statement;
+                # SQLAlchemy has already replaced it. Nothing was committed, so run once more.
+                if not error.connection_invalidated or session.committing:
+                    raise
+                session.rollback()
+                session.expunge_all()
+                response = self._attempt(session, endpoint, values)
             return response
 
-        return save_response
+    def _attempt(self, session: RequestSession, endpoint: Callable[..., Any], values: dict[str, Any]) -> Response:
+        session.committing = False
+        session.pending = None
+        try:
+            if session.register:
+                services.register_human(session, session.principal)
+            if session.idempotency_key is not None and session.fingerprint is not None:
+                session.pending = idempotency.begin(
+                    session, session.principal.id, session.idempotency_key, session.fingerprint
+                )
+            response = self._render(endpoint(**values), values)
+            if session.pending is not None:
+                session.pending.save(response.status_code, bytes(response.body), dict(response.headers))
+            session.committing = True
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        if session.register:
+            session.known_workers.add(session.principal.id)
+            session.register = False
+        return response
+
+    def _render(self, content: Any, values: dict[str, Any]) -> Response:
+        """Serialize what the endpoint returned, as FastAPI would, but here in the endpoint's thread."""
+        if isinstance(content, StarletteResponse):
+            return content
+        sub_response: Response | None = (
+            values.get(self.dependant.response_param_name) if self.dependant.response_param_name else None
+        )
+        status_code = (sub_response.status_code if sub_response else None) or self.status_code or 200
+        body = b""
+        if status_code in {204, 304}:
+            pass
+        elif self.response_field is not None:
+            value, errors = self.response_field.validate(content, {}, loc=("response",))
+            if errors:
+                raise ResponseValidationError(errors=errors, body=content)
+            body = self.response_field.serialize_json(value, by_alias=True)
+        else:
+            body = bytes(JSONResponse(jsonable_encoder(content)).body)
+        response = Response(content=body, status_code=status_code, media_type="application/json")
+        if sub_response is not None:
+            response.headers.raw.extend(sub_response.headers.raw)
+        return response

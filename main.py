@@ -6,6 +6,7 @@ service function. `app = create_app()` is what `uvicorn main:app` serves.
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
+import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Query, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -34,14 +36,15 @@ from database import check_connection, create_db_engine, migrate
 from dependencies import (
     CurrentUser,
     DefaultLease,
-    IdempotentRoute,
     IfMatch,
+    KnownWorkers,
     LeaseSeconds,
     Limit,
     Offset,
     OtherTaskId,
     ProjectSlug,
     SessionDep,
+    TaskFlowRoute,
     TaskId,
     WorkerIdPath,
     get_engine,
@@ -55,6 +58,7 @@ from models import (
     DependencyCreate,
     ErrorBody,
     Health,
+    IdPage,
     MemberCreate,
     MemberRead,
     MemberUpdate,
@@ -75,9 +79,10 @@ from models import (
     WorkerType,
     WorkerUpdate,
 )
+from sweeper import LeaseSweeper
 
 logger = logging.getLogger("taskflow")
-Row = TypeVar("Row")
+TaskLike = TypeVar("TaskLike", Task, TaskRead)
 
 DESCRIPTION = (
     "Task management where humans and AI agents work the same board. Every change is "
@@ -104,8 +109,8 @@ RULE_ERRORS: dict[int | str, dict[str, Any]] = {
     409: _error("Collides with existing state"),
 }
 
-public = APIRouter()
-api = APIRouter(prefix="/api", responses=API_ERRORS, route_class=IdempotentRoute)
+public = APIRouter(route_class=TaskFlowRoute)
+api = APIRouter(prefix="/api", responses=API_ERRORS, route_class=TaskFlowRoute)
 
 
 # ---------------------------------------------------------------- health
@@ -136,14 +141,25 @@ def database_health(request: Request) -> DatabaseHealth:
 # ---------------------------------------------------------------- tasks
 
 
-def counted(response: Response, page: tuple[list[Row], int]) -> list[Row]:
-    """Send a page of rows, with the number of all matching rows in `X-Total-Count`."""
-    rows, total = page
-    response.headers["X-Total-Count"] = str(total)
-    return rows
+COUNT_DESCRIPTION = (
+    f"The number of all matching rows is in `X-Total-Count`, counted exactly up to {services.COUNT_CAP:,}; "
+    f"past that it says {services.COUNT_CAP:,} and `X-Total-Count-Exact: false` is sent. When more rows "
+    'follow, `Link: <…>; rel="next"` gives the next page (keyset: as fast on page 1,000 as on page 1).'
+)
 
 
-def tagged(response: Response, task: Task) -> Task:
+def counted(request: Request, response: Response, page: services.Page) -> list[Any]:
+    """Send a page of rows, with the count of all matching rows and a link to the next page."""
+    response.headers["X-Total-Count"] = str(page.total)
+    if not page.exact:
+        response.headers["X-Total-Count-Exact"] = "false"
+    if page.next_cursor is not None:
+        url = request.url.remove_query_params("offset").include_query_params(after=page.next_cursor)
+        response.headers["Link"] = f'<{url}>; rel="next"'
+    return page.rows
+
+
+def tagged(response: Response, task: TaskLike) -> TaskLike:
     """Send the task's version as its ETag, for a later If-Match."""
     response.headers["ETag"] = services.etag(task)
     return task
@@ -155,12 +171,12 @@ def create_task(data: TaskCreate, response: Response, session: SessionDep, user:
     return tagged(response, services.create_task(session, user, data))
 
 
-@api.get("/tasks", response_model=list[TaskRead], tags=["tasks"])
+@api.get("/tasks", response_model=list[TaskRead], tags=["tasks"], description=COUNT_DESCRIPTION)
 def list_tasks(
-    filters: Annotated[TaskQuery, Query()], response: Response, session: SessionDep, user: CurrentUser
-) -> list[Task]:
-    """List the tasks you can see; the total matching count is in `X-Total-Count`."""
-    return counted(response, services.list_tasks(session, user, filters))
+    filters: Annotated[TaskQuery, Query()], request: Request, response: Response, session: SessionDep, user: CurrentUser
+) -> list[Any]:
+    """List the tasks you can see, one page at a time."""
+    return counted(request, response, services.list_tasks(session, user, filters))
 
 
 @api.post(
@@ -180,9 +196,9 @@ def claim_task(
 
 
 @api.get("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"])
-def get_task(task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser) -> Task:
+def get_task(task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser) -> TaskRead:
     """Get one task, with its version in the `ETag` header."""
-    return tagged(response, services.get_task(session, user, task_id))
+    return tagged(response, services.read_task(session, user, task_id))
 
 
 @api.patch("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"], responses=RULE_ERRORS)
@@ -206,16 +222,21 @@ def delete_task(task_id: TaskId, session: SessionDep, user: CurrentUser) -> None
     services.delete_task(session, user, task_id)
 
 
-@api.get("/tasks/{task_id}/audit", response_model=list[AuditRead], tags=["audit"])
+@api.get("/tasks/{task_id}/audit", response_model=list[AuditRead], tags=["audit"], description=COUNT_DESCRIPTION)
 def task_history(
-    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0
+    task_id: TaskId,
+    page: Annotated[IdPage, Query()],
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
 ) -> list[Any]:
-    """A task's audit trail, oldest first; the total is in `X-Total-Count`."""
-    return counted(response, services.task_history(session, user, task_id, limit, offset))
+    """A task's audit trail, oldest first, one page at a time."""
+    return counted(request, response, services.task_history(session, user, task_id, page))
 
 
 @api.get("/tasks/{task_id}/dependencies", response_model=list[TaskRead], tags=["dependencies"])
-def list_dependencies(task_id: TaskId, session: SessionDep, user: CurrentUser) -> list[Task]:
+def list_dependencies(task_id: TaskId, session: SessionDep, user: CurrentUser) -> list[TaskRead]:
     """The tasks this task waits for."""
     return services.list_dependencies(session, user, task_id)
 
@@ -227,7 +248,7 @@ def list_dependencies(task_id: TaskId, session: SessionDep, user: CurrentUser) -
     tags=["dependencies"],
     responses=RULE_ERRORS,
 )
-def add_dependency(task_id: TaskId, data: DependencyCreate, session: SessionDep, user: CurrentUser) -> Task:
+def add_dependency(task_id: TaskId, data: DependencyCreate, session: SessionDep, user: CurrentUser) -> TaskRead:
     """Make this task wait for another task of the same project; answers the task waited for."""
     return services.add_dependency(session, user, task_id, data)
 
@@ -345,10 +366,10 @@ def create_project(data: ProjectCreate, session: SessionDep, user: CurrentUser) 
 
 @api.get("/projects", response_model=list[ProjectRead], tags=["projects"])
 def list_projects(
-    response: Response, session: SessionDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0
-) -> list[Project]:
+    request: Request, response: Response, session: SessionDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0
+) -> list[Any]:
     """List the projects you are a member of; the total is in `X-Total-Count`."""
-    return counted(response, services.list_projects(session, user, limit, offset))
+    return counted(request, response, services.list_projects(session, user, limit, offset))
 
 
 @api.get("/projects/{slug}", response_model=ProjectRead, tags=["projects"])
@@ -371,10 +392,16 @@ def delete_project(slug: ProjectSlug, session: SessionDep, user: CurrentUser) ->
 
 @api.get("/projects/{slug}/members", response_model=list[MemberRead], tags=["projects"])
 def list_members(
-    slug: ProjectSlug, response: Response, session: SessionDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0
-) -> list[ProjectMember]:
+    slug: ProjectSlug,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> list[Any]:
     """List a project's members; the total is in `X-Total-Count`."""
-    return counted(response, services.list_members(session, user, slug, limit, offset))
+    return counted(request, response, services.list_members(session, user, slug, limit, offset))
 
 
 @api.post(
@@ -413,15 +440,16 @@ def remove_member(slug: ProjectSlug, worker_id: WorkerIdPath, session: SessionDe
 
 @api.get("/workers", response_model=list[WorkerRead], tags=["workers"])
 def list_workers(
+    request: Request,
     response: Response,
     session: SessionDep,
     user: CurrentUser,
     type: WorkerType | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> list[Worker]:
+) -> list[Any]:
     """List registered workers, humans and agents; the total is in `X-Total-Count`."""
-    return counted(response, services.list_workers(session, user, limit, offset, type))
+    return counted(request, response, services.list_workers(session, user, limit, offset, type))
 
 
 @api.get("/workers/{worker_id}", response_model=WorkerRead, tags=["workers"])
@@ -447,12 +475,16 @@ def update_worker(worker_id: WorkerIdPath, data: WorkerUpdate, session: SessionD
 # ---------------------------------------------------------------- audit
 
 
-@api.get("/audit", response_model=list[AuditRead], tags=["audit"])
+@api.get("/audit", response_model=list[AuditRead], tags=["audit"], description=COUNT_DESCRIPTION)
 def list_audit(
-    filters: Annotated[AuditQuery, Query()], response: Response, session: SessionDep, user: CurrentUser
+    filters: Annotated[AuditQuery, Query()],
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
 ) -> list[Any]:
-    """Audit rows about the tasks and projects you can see, newest first; the total is in `X-Total-Count`."""
-    return counted(response, services.list_audit(session, user, filters))
+    """Audit rows about the tasks and projects you can see, newest first, one page at a time."""
+    return counted(request, response, services.list_audit(session, user, filters))
 
 
 # ---------------------------------------------------------------- errors
@@ -618,13 +650,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
         )
         verifier = build_verifier(settings)
+        sweeper = LeaseSweeper(engine, settings.lease_sweep_seconds)
+        # As many request threads as pooled connections: a thread never waits for one.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         try:
             if settings.auto_migrate:
                 migrate(engine)
             app.state.engine = engine
             app.state.verifier = verifier
+            app.state.known_workers = KnownWorkers()
+            if settings.lease_sweep_seconds:
+                sweeper.start()
+            # What start-up built lives as long as the process: keep the cyclic GC from rescanning it.
+            gc.collect()
+            gc.freeze()
             yield
         finally:
+            sweeper.stop()
             verifier.close()
             engine.dispose()
 

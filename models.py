@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, BeforeValidator, StringConstraints, field_validator
+from pydantic import AfterValidator, BeforeValidator, StringConstraints, field_validator, model_validator
 from pydantic import Field as PydanticField
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
@@ -85,6 +85,10 @@ class TaskPriority(enum.StrEnum):
 
 
 PRIORITY_RANK = {TaskPriority.low: 1, TaskPriority.medium: 2, TaskPriority.high: 3, TaskPriority.critical: 4}
+# The database computes the rank into `task.priority_rank`, so that an index can serve "most urgent first".
+PRIORITY_RANK_SQL = (
+    "CASE priority " + " ".join(f"WHEN '{p.value}' THEN {rank}" for p, rank in PRIORITY_RANK.items()) + " ELSE 0 END"
+)
 
 
 class WorkerType(enum.StrEnum):
@@ -134,6 +138,8 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 MAX_ID = 2_147_483_647  # ids are 32-bit integers on PostgreSQL
+# Skipping rows costs reading them: past this, page with `after=` (the Link header's next page).
+MAX_OFFSET = 10_000
 SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 WORKER_ID_PATTERN = r"^[A-Za-z0-9@._:|+-]+$"  # auth.SUBJECT_PATTERN accepts the same ids
 
@@ -164,6 +170,22 @@ ParentId = Annotated[Id | None, BeforeValidator(_zero_is_none)]
 DueDate = Annotated[datetime | None, AfterValidator(_aware)]
 MAX_LEASE_SECONDS = 7 * 24 * 3600
 LeaseSeconds = Annotated[int, PydanticField(ge=1, le=MAX_LEASE_SECONDS)]
+
+Offset = Annotated[
+    int, PydanticField(ge=0, le=MAX_OFFSET, description=f"Rows to skip (at most {MAX_OFFSET:,}; then use `after`)")
+]
+Cursor = Annotated[
+    str,
+    StringConstraints(max_length=500, pattern=r"^[A-Za-z0-9_-]+$"),
+    PydanticField(description="Where the page starts: the `after` of the Link header's next page"),
+]
+
+
+def _offset_or_after(query: Any) -> Any:
+    if query.after is not None and query.offset:
+        raise ValueError("send either offset or after, not both")
+    return query
+
 
 # Request bodies refuse unknown fields, so a typo is a 422 instead of a silent no-op.
 STRICT_BODY = SQLModelConfig(extra="forbid")
@@ -289,7 +311,15 @@ class MemberRead(SQLModel):
 
 class Task(SQLModel, table=True):
     # History is kept by task id, so an id is never reused (SQLite would reuse the highest one).
-    __table_args__ = {"sqlite_autoincrement": True}
+    # Each list order has an index that leads with the project filter, so a page is a range scan
+    # at any size; the claim order has a partial index over pending tasks only.
+    __table_args__ = (
+        sa.Index("ix_task_created_at_id", "created_at", "id"),
+        sa.Index("ix_task_project_slug_created_at_id", "project_slug", "created_at", "id"),
+        sa.Index("ix_task_project_slug_updated_at_id", "project_slug", "updated_at", "id"),
+        sa.Index("ix_task_project_slug_due_date_id", "project_slug", "due_date", "id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     title: str = Field(max_length=200)
@@ -300,7 +330,7 @@ class Task(SQLModel, table=True):
         default=0, sa_column_args=[sa.CheckConstraint("progress_percent BETWEEN 0 AND 100", name="progress_range")]
     )
     assigned_to: str | None = Field(default=None, foreign_key="worker.id", max_length=128, index=True)
-    project_slug: str | None = Field(default=None, foreign_key="project.slug", max_length=64, index=True)
+    project_slug: str | None = Field(default=None, foreign_key="project.slug", max_length=64)
     parent_id: int | None = Field(default=None, foreign_key="task.id", index=True)
     due_date: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_by: str = Field(foreign_key="worker.id", max_length=128, index=True)
@@ -311,6 +341,26 @@ class Task(SQLModel, table=True):
     # A claim that is not renewed by then is lost; null means it never expires.
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     lease_seconds: int | None = Field(default=None)
+
+
+# Written by the database, read only by ORDER BY: a column of the table that the ORM does not
+# map, so no insert or update has to fetch it back.
+TASK_TABLE: sa.Table = Task.__table__  # type: ignore[attr-defined]
+TASK_TABLE.append_column(
+    sa.Column("priority_rank", sa.SmallInteger(), sa.Computed(PRIORITY_RANK_SQL, persisted=True), nullable=False)
+)
+sa.Index(
+    "ix_task_project_slug_priority_rank_id", TASK_TABLE.c.project_slug, TASK_TABLE.c.priority_rank, TASK_TABLE.c.id
+)
+sa.Index(
+    "ix_task_claim_order",
+    TASK_TABLE.c.priority_rank.desc(),
+    TASK_TABLE.c.due_date,
+    TASK_TABLE.c.created_at,
+    TASK_TABLE.c.id,
+    postgresql_where=TASK_TABLE.c.status == "pending",
+    sqlite_where=TASK_TABLE.c.status == "pending",
+)
 
 
 class TaskDependency(SQLModel, table=True):
@@ -424,7 +474,10 @@ class TaskQuery(SQLModel):
     ready: bool | None = None
     sort: TaskSort = TaskSort.created_at
     limit: int = PydanticField(default=50, ge=1, le=100)
-    offset: int = PydanticField(default=0, ge=0, le=MAX_ID)
+    offset: Offset = 0
+    after: Cursor | None = None
+
+    _one_way_to_page = model_validator(mode="after")(_offset_or_after)
 
 
 # ---------------------------------------------------------------- audit
@@ -434,10 +487,15 @@ class AuditLog(SQLModel, table=True):
     """One row per change. No foreign key to tasks: history outlives a deleted task."""
 
     __tablename__ = "audit_log"
+    # A task's trail and a project's feed are read in id order.
+    __table_args__ = (
+        sa.Index("ix_audit_log_task_id_id", "task_id", "id"),
+        sa.Index("ix_audit_log_project_slug_id", "project_slug", "id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    task_id: int | None = Field(default=None, index=True)
-    project_slug: str | None = Field(default=None, max_length=64, index=True)
+    task_id: int | None = Field(default=None)
+    project_slug: str | None = Field(default=None, max_length=64)
     actor_id: str = Field(max_length=128, index=True)
     actor_type: WorkerType = Field(sa_type=string_enum(WorkerType))
     # For an agent's rows: the human accountable for it.
@@ -461,7 +519,17 @@ class AuditRead(SQLModel):
     timestamp: datetime
 
 
-class AuditQuery(SQLModel):
+class IdPage(SQLModel):
+    """A page of rows in id order: `offset` for the first few pages, `after` (the Link header's) for any."""
+
+    limit: int = PydanticField(default=50, ge=1, le=100)
+    offset: Offset = 0
+    after: Id | None = PydanticField(default=None, description="The id of the last row you have: the page after it")
+
+    _one_way_to_page = model_validator(mode="after")(_offset_or_after)
+
+
+class AuditQuery(IdPage):
     """The filters of `GET /api/audit`: `since` is inclusive, `until` exclusive."""
 
     task_id: Id | None = None
@@ -471,8 +539,6 @@ class AuditQuery(SQLModel):
     action: Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z_.]+$")] | None = None
     since: DueDate = None
     until: DueDate = None
-    limit: int = PydanticField(default=50, ge=1, le=100)
-    offset: int = PydanticField(default=0, ge=0, le=MAX_ID)
 
 
 # ---------------------------------------------------------------- plain responses

@@ -7,13 +7,16 @@ does that once. Access is filtered in SQL; what a caller may not see is `NotFoun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, delete, func, or_, true
+from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, true, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
@@ -35,10 +38,12 @@ from errors import (
 )
 from models import (
     PRIORITY_RANK,
+    TASK_TABLE,
     AuditLog,
     AuditQuery,
     ClaimRequest,
     DependencyCreate,
+    IdPage,
     LostLease,
     MemberCreate,
     MemberUpdate,
@@ -50,7 +55,9 @@ from models import (
     Task,
     TaskCreate,
     TaskDependency,
+    TaskPriority,
     TaskQuery,
+    TaskRead,
     TaskSort,
     TaskStatus,
     TaskUpdate,
@@ -58,6 +65,7 @@ from models import (
     WorkerCreate,
     WorkerType,
     WorkerUpdate,
+    as_utc,
     utc_now,
 )
 
@@ -67,12 +75,11 @@ MAX_TASK_DEPTH = 100
 
 @dataclass(frozen=True)
 class Actor:
-    """The authenticated caller, as the worker registry knows it."""
+    """The authenticated caller: who, and with which role. Whether a human or an agent is read
+    from the worker registry by the audit row itself, so it is never stale."""
 
     id: str
-    type: WorkerType
     role: str = "user"
-    owner_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -80,16 +87,33 @@ class Actor:
 
 
 # Who acts when TaskFlow itself changes a task, e.g. when a lease runs out.
-SYSTEM = Actor(id="system", type=WorkerType.system, role="system")
+SYSTEM = Actor(id=audit.SYSTEM_ID, role="system")
+# An exact count costs a scan of every matching row; past this many, X-Total-Count says "at least".
+COUNT_CAP = 10_000
 
 
-def paginate(
-    session: Session, query: SelectOfScalar[Any], limit: int, offset: int, *order_by: Any
-) -> tuple[list[Any], int]:
-    """One page of `query` and the count of all its rows: two statements, whatever the page size."""
-    total = session.exec(select(func.count()).select_from(query.order_by(None).subquery())).one()
+@dataclass(frozen=True)
+class Page:
+    """One page of rows, how many rows match in all (exact up to `COUNT_CAP`), and where the next page starts."""
+
+    rows: list[Any]
+    total: int
+    exact: bool
+    next_cursor: str | None = None
+
+
+def count_capped(session: Session, query: Select[Any] | SelectOfScalar[Any]) -> tuple[int, bool]:
+    """How many rows `query` matches, counting no further than `COUNT_CAP`."""
+    capped = query.order_by(None).limit(COUNT_CAP + 1).subquery()
+    total: int = session.exec(select(func.count()).select_from(capped)).one()
+    return min(total, COUNT_CAP), total <= COUNT_CAP
+
+
+def paginate(session: Session, query: SelectOfScalar[Any], limit: int, offset: int, *order_by: Any) -> Page:
+    """One page of `query` and the count of its rows: two statements, whatever the page size."""
+    total, exact = count_capped(session, query)
     rows = session.exec(query.order_by(*order_by).limit(limit).offset(offset)).all()
-    return list(rows), total
+    return Page(list(rows), total, exact)
 
 
 # ---------------------------------------------------------------- who may see what
@@ -144,32 +168,28 @@ def _is_task_owner(session: Session, actor: Actor, task: Task) -> bool:
 # ---------------------------------------------------------------- workers
 
 
-def authenticate(session: Session, principal: Principal) -> Actor:
-    """The worker behind a verified token; a human's row is created on first sight."""
+def actor_for(principal: Principal) -> Actor:
     if principal.id == SYSTEM.id:
         raise Unauthorized(f"'{SYSTEM.id}' is reserved for TaskFlow itself")
-    worker = session.get(Worker, principal.id)
-    if worker is None:
-        name = (principal.name or principal.email or principal.id)[:200]
-        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        # Two first requests at once must not collide on the primary key.
-        result = session.exec(
-            insert(Worker)
-            .values(id=principal.id, type=WorkerType.human, name=name, created_at=utc_now())
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
-        actor = Actor(id=principal.id, type=WorkerType.human, role=principal.role)
-        if result.rowcount == 1:
-            audit.record(session, actor, "worker.registered", context={"type": [None, "human"], "name": [None, name]})
-            return actor
-        worker = session.get(Worker, principal.id)
-        assert worker is not None
-    return Actor(id=worker.id, type=worker.type, role=principal.role, owner_id=worker.owner_id)
+    return Actor(id=principal.id, role=principal.role)
 
 
-def list_workers(
-    session: Session, _actor: Actor, limit: int, offset: int, type: WorkerType | None = None
-) -> tuple[list[Worker], int]:
+def register_human(session: Session, principal: Principal) -> None:
+    """Give a caller seen for the first time its worker row, as a human, named from its token."""
+    name = (principal.name or principal.email or principal.id)[:200]
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    # Two first requests at once must not collide on the primary key.
+    result = session.execute(
+        insert(Worker)
+        .values(id=principal.id, type=WorkerType.human, name=name, created_at=utc_now())
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        actor = actor_for(principal)
+        audit.record(session, actor, "worker.registered", context={"type": [None, "human"], "name": [None, name]})
+
+
+def list_workers(session: Session, _actor: Actor, limit: int, offset: int, type: WorkerType | None = None) -> Page:
     # The worker directory is the board's roster: every signed-in caller may read it,
     # so that tasks can be assigned and members added by id.
     query = select(Worker)
@@ -242,7 +262,7 @@ def _check_owner(session: Session, worker_type: WorkerType, owner_id: str | None
 # ---------------------------------------------------------------- projects
 
 
-def list_projects(session: Session, actor: Actor, limit: int, offset: int) -> tuple[list[Project], int]:
+def list_projects(session: Session, actor: Actor, limit: int, offset: int) -> Page:
     return paginate(session, select(Project).where(_visible_project(actor)), limit, offset, Project.slug)
 
 
@@ -309,7 +329,7 @@ def delete_project(session: Session, actor: Actor, slug: str) -> None:
     )
 
 
-def list_members(session: Session, actor: Actor, slug: str, limit: int, offset: int) -> tuple[list[ProjectMember], int]:
+def list_members(session: Session, actor: Actor, slug: str, limit: int, offset: int) -> Page:
     get_project(session, actor, slug)
     query = select(ProjectMember).where(ProjectMember.project_slug == slug)
     return paginate(session, query, limit, offset, ProjectMember.worker_id)
@@ -384,11 +404,13 @@ def remove_member(session: Session, actor: Actor, slug: str, worker_id: str) -> 
 # ---------------------------------------------------------------- tasks
 
 _SORT_COLUMNS: dict[str, Any] = {
-    "created_at": Task.created_at,
-    "updated_at": Task.updated_at,
-    "due_date": Task.due_date,
-    "priority": case(PRIORITY_RANK, value=Task.priority),
+    "created_at": TASK_TABLE.c.created_at,
+    "updated_at": TASK_TABLE.c.updated_at,
+    "due_date": TASK_TABLE.c.due_date,
+    "priority": TASK_TABLE.c.priority_rank,
 }
+# What a list page reads: the columns of TaskRead, as plain rows rather than ORM objects.
+_READ_COLUMNS = [TASK_TABLE.c[name] for name in TaskRead.model_fields]
 
 
 def _task_order(sort: TaskSort) -> list[Any]:
@@ -398,47 +420,153 @@ def _task_order(sort: TaskSort) -> list[Any]:
     primary = column.desc() if descending else column.asc()
     if key == "due_date":
         primary = primary.nulls_last()
-    return [primary, col(Task.id).desc() if descending else col(Task.id).asc()]
+    return [primary, TASK_TABLE.c.id.desc() if descending else TASK_TABLE.c.id.asc()]
 
 
-def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> tuple[list[Task], int]:
-    expire_leases(session)
-    query = select(Task).where(_visible_task(actor))
+def _sort_value(sort: TaskSort, row: RowMapping) -> Any:
+    key = sort.value.lstrip("-")
+    if key == "priority":
+        return PRIORITY_RANK[TaskPriority(row["priority"])]
+    value = row[key]
+    return None if value is None else value.isoformat()
+
+
+def _task_cursor(sort: TaskSort, row: RowMapping) -> str:
+    """An opaque `after=` value: the sort key and the last row's place in that order."""
+    payload = json.dumps([sort.value, _sort_value(sort, row), row["id"]], separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def _after_cursor(sort: TaskSort, cursor: str) -> ColumnElement[bool]:
+    """The rows that come after `cursor` in `sort` order, as an index range condition."""
+    try:
+        sort_name, value, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(last_id, int) or isinstance(last_id, bool):
+            raise ValueError("the id is not an integer")
+        key = sort.value.lstrip("-")
+        if key == "priority":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError("the rank is not an integer")
+        elif value is not None:
+            value = as_utc(datetime.fromisoformat(value))
+        elif key != "due_date":
+            raise ValueError("only due dates are ever empty")
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise BadRequest("Malformed 'after' cursor: pass the one from the Link header unchanged") from None
+    if sort_name != sort.value:
+        raise BadRequest(f"This 'after' cursor is for sort={sort_name}; ask again with that sort")
+    column, task_id = _SORT_COLUMNS[key], TASK_TABLE.c.id
+    descending = sort.value.startswith("-")
+    if value is None:  # past the last dated task: the undated ones, in id order
+        return and_(column.is_(None), task_id < last_id if descending else task_id > last_id)
+    later = (
+        tuple_(column, task_id) < tuple_(value, last_id)
+        if descending
+        else tuple_(column, task_id) > tuple_(value, last_id)
+    )
+    return or_(later, column.is_(None)) if key == "due_date" else later
+
+
+# ---------------------------------------------------------------- leases, as reads see them
+
+
+def _lease_ran_out(now: datetime) -> ColumnElement[bool]:
+    # Never NULL, so that its negation is true for a task without a lease.
+    return and_(
+        TASK_TABLE.c.status == TaskStatus.in_progress,
+        TASK_TABLE.c.lease_expires_at.is_not(None),
+        TASK_TABLE.c.lease_expires_at <= now,
+    )
+
+
+def _lease_holds(now: datetime) -> ColumnElement[bool]:
+    return or_(TASK_TABLE.c.lease_expires_at.is_(None), TASK_TABLE.c.lease_expires_at > now)
+
+
+def _status_is(status: TaskStatus, now: datetime) -> ColumnElement[bool]:
+    """Tasks whose status, with leases that ran out handed back, is `status`."""
+    if status == TaskStatus.pending:
+        return or_(TASK_TABLE.c.status == TaskStatus.pending, _lease_ran_out(now))
+    if status == TaskStatus.in_progress:
+        return and_(TASK_TABLE.c.status == TaskStatus.in_progress, _lease_holds(now))
+    return TASK_TABLE.c.status == status
+
+
+def as_read(task: Mapping[str, Any] | RowMapping | Task, now: datetime) -> TaskRead:
+    """The task as every read reports it: a lease that ran out is already handed back.
+
+    The sweeper (or the next write to the task) makes it so in the database, with the same
+    version and `updated_at`, so an ETag read here is the one a later If-Match is checked against.
+    """
+    read = TaskRead.model_validate(task)
+    if read.status == TaskStatus.in_progress and read.lease_expires_at is not None and read.lease_expires_at <= now:
+        return read.model_copy(
+            update={
+                "status": TaskStatus.pending,
+                "assigned_to": None,
+                "lease_expires_at": None,
+                "version": read.version + 1,
+                "updated_at": read.lease_expires_at,
+            }
+        )
+    return read
+
+
+def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> Page:
+    now = utc_now()
+    query = select(*_READ_COLUMNS).where(_visible_task(actor))
     if filters.ready is not None:
-        query = query.where(_ready(actor) if filters.ready else ~_ready(actor))
+        query = query.where(_ready(actor, now) if filters.ready else ~_ready(actor, now))
     if filters.status is not None:
-        query = query.where(Task.status == filters.status)
+        query = query.where(_status_is(filters.status, now))
     if filters.priority is not None:
         query = query.where(Task.priority == filters.priority)
     if filters.assigned_to is not None:
-        query = query.where(Task.assigned_to == filters.assigned_to)
+        query = query.where(Task.assigned_to == filters.assigned_to, ~_lease_ran_out(now))
     if filters.project is not None:
         query = query.where(Task.project_slug == filters.project)
     if filters.parent_id is not None:
         query = query.where(Task.parent_id == filters.parent_id)
     if filters.q:
         query = query.where(col(Task.title).icontains(filters.q, autoescape=True))
-    return paginate(session, query, filters.limit, filters.offset, *_task_order(filters.sort))
+    total, exact = count_capped(session, query)
+    if filters.after is not None:
+        query = query.where(_after_cursor(filters.sort, filters.after))
+    page = query.order_by(*_task_order(filters.sort)).limit(filters.limit + 1).offset(filters.offset)
+    rows = [row._mapping for row in session.execute(page)]
+    more = len(rows) > filters.limit
+    rows = rows[: filters.limit]
+    cursor = _task_cursor(filters.sort, rows[-1]) if more else None
+    return Page([as_read(row, now) for row in rows], total, exact, cursor)
 
 
 # Rows are locked FOR NO KEY UPDATE (`key_share=True`): ids never change, and unlike FOR UPDATE
 # it does not block the KEY SHARE locks that foreign-key checks of other transactions take,
 # which would deadlock two requests linking two tasks to each other.
 def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool = False) -> Task:
-    expire_leases(session, task_id=task_id)
+    """The task, to change it: locked, and with a lease that ran out handed back first."""
     query = select(Task).where(Task.id == task_id, _visible_task(actor))
     if for_update:
         query = query.with_for_update(key_share=True)
     task = session.exec(query).first()
     if task is None:
         raise NotFound(f"Task {task_id} not found")
+    if for_update and _has_run_out(task, utc_now()):
+        _expire_lease(session, task)
     return task
 
 
+def read_task(session: Session, actor: Actor, task_id: int) -> TaskRead:
+    """The task as the caller may see it, read without a lock or a write."""
+    row = session.execute(select(*_READ_COLUMNS).where(Task.id == task_id, _visible_task(actor))).first()
+    if row is None:
+        raise NotFound(f"Task {task_id} not found")
+    return as_read(row._mapping, utc_now())
+
+
 def _check_project_for_task(session: Session, actor: Actor, slug: str) -> None:
+    # Visible means a member (or an admin): one query answers both.
     get_project(session, actor, slug)
-    if not actor.is_admin and _member_role(session, slug, actor.id) is None:
-        raise NotFound(f"Project '{slug}' not found")
 
 
 def _check_assignee(session: Session, worker_id: str, project_slug: str | None) -> None:
@@ -600,7 +728,7 @@ def _save(
     return task
 
 
-def etag(task: Task) -> str:
+def etag(task: Task | TaskRead) -> str:
     return f'"{task.version}"'
 
 
@@ -633,9 +761,35 @@ TRANSITIONS: dict[tuple[TaskStatus, TaskStatus], str] = {
 
 
 def _transition(
-    session: Session, actor: Actor, task: Task, target: TaskStatus, *, verb: str, reason: str | None = None
+    session: Session,
+    actor: Actor,
+    task: Task,
+    target: TaskStatus,
+    *,
+    verb: str,
+    reason: str | None = None,
+    lost_lease: bool | None = None,
 ) -> None:
-    """Move `task` to `target` if the state machine and the caller's role allow it."""
+    """Move `task` to `target` if the state machine and the caller's role allow it.
+
+    A claim has already picked a task with no unfinished dependency, and says whether the caller
+    had lost a lease on it (`lost_lease`), so neither is asked again.
+    """
+    # The checks below read other rows; the task must be written once, at the end, not flushed half-changed.
+    with session.no_autoflush:
+        _apply_transition(session, actor, task, target, verb=verb, reason=reason, lost_lease=lost_lease)
+
+
+def _apply_transition(
+    session: Session,
+    actor: Actor,
+    task: Task,
+    target: TaskStatus,
+    *,
+    verb: str,
+    reason: str | None,
+    lost_lease: bool | None,
+) -> None:
     current = task.status
     how = TRANSITIONS.get((current, target))
     if how is None:
@@ -645,16 +799,17 @@ def _transition(
     if how == "start":
         if task.assigned_to not in {None, actor.id} and not actor.is_admin:
             raise Forbidden(f"Task {task.id} is assigned to '{task.assigned_to}'")
-        blockers = _unfinished_dependencies(session, task)
+        blockers = [] if verb == "claim" else _unfinished_dependencies(session, task)
         if blockers:
             raise UnfinishedDependencies(
                 f"Task {task.id} depends on unfinished task(s) {', '.join(map(str, blockers))}"
             )
         task.assigned_to = actor.id
         # Whoever lost an earlier claim on this task has it again.
-        lost = session.get(LostLease, (task.id, actor.id))
-        if lost is not None:
-            session.delete(lost)
+        if lost_lease is not False:
+            session.execute(
+                delete(LostLease).where(col(LostLease.task_id) == task.id, col(LostLease.worker_id) == actor.id)
+            )
     elif how == "release":
         _require_assignee(actor, task, "release it")
         task.assigned_to = None
@@ -854,79 +1009,125 @@ def _unfinished_dependencies(session: Session, task: Task) -> list[int]:
     return list(session.exec(_unfinished_dependency(task.id).order_by(col(TaskDependency.depends_on_id))).all())
 
 
-def _ready(actor: Actor) -> ColumnElement[bool]:
-    """Claimable by `actor`: pending, unassigned or theirs, and nothing it waits for is unfinished."""
+def _ready(actor: Actor, now: datetime) -> ColumnElement[bool]:
+    """Claimable by `actor`: pending (or its lease ran out), unassigned or theirs, and nothing it waits for is unfinished."""
     return and_(
-        col(Task.status) == TaskStatus.pending,
-        or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == actor.id),
+        or_(
+            and_(
+                col(Task.status) == TaskStatus.pending,
+                or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == actor.id),
+            ),
+            _lease_ran_out(now),
+        ),
         ~_unfinished_dependency(Task.id).exists(),
     )
 
 
-def expire_leases(session: Session, *, task_id: int | None = None) -> None:
-    """Hand back every task whose lease ran out: pending, unassigned, audited as the system's doing."""
-    query = select(Task).where(
-        Task.status == TaskStatus.in_progress,
-        col(Task.lease_expires_at).is_not(None),
-        col(Task.lease_expires_at) <= utc_now(),
+def _has_run_out(task: Task, now: datetime) -> bool:
+    return task.status == TaskStatus.in_progress and task.lease_expires_at is not None and task.lease_expires_at <= now
+
+
+def _expire_lease(session: Session, task: Task) -> None:
+    """Hand a task whose lease ran out back: pending, unassigned, audited as the system's doing.
+
+    It reads back exactly as `as_read` showed it: one version on, updated when the lease ended.
+    """
+    assert task.id is not None
+    assert task.lease_expires_at is not None
+    before = task.model_dump()
+    ended_at = task.lease_expires_at
+    if task.assigned_to is not None and session.get(LostLease, (task.id, task.assigned_to)) is None:
+        session.add(LostLease(task_id=task.id, worker_id=task.assigned_to))
+    task.status = TaskStatus.pending
+    task.assigned_to = None
+    task.lease_expires_at = None
+    task.lease_seconds = None
+    _save(session, SYSTEM, task, before, "lease_expired", {})
+    task.updated_at = ended_at
+
+
+def expire_leases(session: Session, *, limit: int) -> int:
+    """Hand back up to `limit` tasks whose lease ran out, oldest first; how many there were.
+
+    The index on `lease_expires_at` makes this cost what it finds, not the size of the table.
+    SKIP LOCKED: a task being changed right now is left to the next sweep (or to that change).
+    """
+    query = (
+        select(Task)
+        .where(_lease_ran_out(utc_now()))
+        .order_by(col(Task.lease_expires_at), col(Task.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True, key_share=True)
     )
-    if task_id is not None:
-        query = query.where(Task.id == task_id)
-    # SKIP LOCKED: a task being changed right now is left to the next sweep.
-    for task in session.exec(query.order_by(col(Task.id)).with_for_update(skip_locked=True, key_share=True)).all():
-        before = task.model_dump()
-        assert task.id is not None
-        if task.assigned_to is not None and session.get(LostLease, (task.id, task.assigned_to)) is None:
-            session.add(LostLease(task_id=task.id, worker_id=task.assigned_to))
-        task.status = TaskStatus.pending
-        task.assigned_to = None
-        task.lease_expires_at = None
-        task.lease_seconds = None
-        _save(session, SYSTEM, task, before, "lease_expired", {})
+    tasks = session.exec(query).all()
+    for task in tasks:
+        _expire_lease(session, task)
+    return len(tasks)
+
+
+# A claim first hands back this many leases that ran out, so they are claimable at once,
+# whether or not the sweeper has been by.
+CLAIM_SWEEP_LIMIT = 20
 
 
 def claim_task(session: Session, actor: Actor, request: ClaimRequest, *, lease_seconds: int | None) -> Task | None:
     """Start the best ready task for `actor`, or None when nothing is ready.
 
-    On PostgreSQL the pick is `FOR UPDATE SKIP LOCKED`: concurrent claimers each lock a
-    different row and never see one another's. SQLite serializes writers instead.
+    On PostgreSQL the pick is `FOR UPDATE SKIP LOCKED` down the partial index of pending tasks
+    in claim order: concurrent claimers each lock a different row and never see one another's,
+    and the cost does not grow with the number of pending tasks. SQLite serializes writers instead.
     """
-    expire_leases(session)
+    expire_leases(session, limit=CLAIM_SWEEP_LIMIT)
     if request.project is not None:
         get_project(session, actor, request.project)
-    rank = _SORT_COLUMNS["priority"]
-    query = select(Task).where(_visible_task(actor), _ready(actor))
+    lost_lease = (
+        select(LostLease.task_id)
+        .where(col(LostLease.task_id) == Task.id, col(LostLease.worker_id) == actor.id)
+        .exists()
+        .label("lost_lease")
+    )
+    query = select(Task, lost_lease).where(
+        _visible_task(actor),
+        col(Task.status) == TaskStatus.pending,
+        or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == actor.id),
+        ~_unfinished_dependency(Task.id).exists(),
+    )
     if request.project is not None:
         query = query.where(Task.project_slug == request.project)
     if request.min_priority is not None:
-        query = query.where(rank >= PRIORITY_RANK[request.min_priority])
+        query = query.where(TASK_TABLE.c.priority_rank >= PRIORITY_RANK[request.min_priority])
     query = query.order_by(
-        rank.desc(), col(Task.due_date).asc().nulls_last(), col(Task.created_at).asc(), col(Task.id).asc()
+        TASK_TABLE.c.priority_rank.desc(),
+        col(Task.due_date).asc().nulls_last(),
+        col(Task.created_at).asc(),
+        col(Task.id).asc(),
     )
-    task = session.exec(query.limit(1).with_for_update(skip_locked=True, of=Task, key_share=True)).first()
-    if task is None:
+    picked = session.exec(query.limit(1).with_for_update(skip_locked=True, of=Task, key_share=True)).first()
+    if picked is None:
         return None
+    task, had_lost_lease = picked
     before = task.model_dump()
     task.lease_seconds = request.lease_seconds or lease_seconds
-    _transition(session, actor, task, TaskStatus.in_progress, verb="claim")
+    _transition(session, actor, task, TaskStatus.in_progress, verb="claim", lost_lease=had_lost_lease)
     return _save(session, actor, task, before, "task.claimed", {})
 
 
 # ---------------------------------------------------------------- dependencies
 
 
-def list_dependencies(session: Session, actor: Actor, task_id: int) -> list[Task]:
+def list_dependencies(session: Session, actor: Actor, task_id: int) -> list[TaskRead]:
     get_task(session, actor, task_id)
     query = (
-        select(Task)
+        select(*_READ_COLUMNS)
         .join(TaskDependency, col(TaskDependency.depends_on_id) == Task.id)
         .where(TaskDependency.task_id == task_id, _visible_task(actor))
         .order_by(col(Task.id))
     )
-    return list(session.exec(query).all())
+    now = utc_now()
+    return [as_read(row._mapping, now) for row in session.execute(query)]
 
 
-def add_dependency(session: Session, actor: Actor, task_id: int, data: DependencyCreate) -> Task:
+def add_dependency(session: Session, actor: Actor, task_id: int, data: DependencyCreate) -> TaskRead:
     task = get_task(session, actor, task_id, for_update=True)
     other = get_task(session, actor, data.depends_on)
     if other.id == task.id:
@@ -955,7 +1156,7 @@ def add_dependency(session: Session, actor: Actor, task_id: int, data: Dependenc
         project_slug=task.project_slug,
         context={"depends_on": [None, data.depends_on]},
     )
-    return other
+    return as_read(other, utc_now())
 
 
 def remove_dependency(session: Session, actor: Actor, task_id: int, other_id: int) -> None:
@@ -978,7 +1179,7 @@ def remove_dependency(session: Session, actor: Actor, task_id: int, other_id: in
 # ---------------------------------------------------------------- audit
 
 
-def list_audit(session: Session, actor: Actor, filters: AuditQuery) -> tuple[list[AuditLog], int]:
+def list_audit(session: Session, actor: Actor, filters: AuditQuery) -> Page:
     query = select(AuditLog).where(_visible_audit(actor))
     if filters.task_id is not None:
         query = query.where(AuditLog.task_id == filters.task_id)
@@ -994,12 +1195,29 @@ def list_audit(session: Session, actor: Actor, filters: AuditQuery) -> tuple[lis
         query = query.where(AuditLog.timestamp >= filters.since)
     if filters.until is not None:
         query = query.where(AuditLog.timestamp < filters.until)
-    return paginate(session, query, filters.limit, filters.offset, col(AuditLog.id).desc())
+    # Newest first, so the next page holds smaller ids.
+    after = col(AuditLog.id) < filters.after if filters.after is not None else None
+    return _id_page(session, query, after, filters.limit, filters.offset, col(AuditLog.id).desc())
 
 
-def task_history(session: Session, actor: Actor, task_id: int, limit: int, offset: int) -> tuple[list[AuditLog], int]:
+def task_history(session: Session, actor: Actor, task_id: int, page: IdPage) -> Page:
     get_task(session, actor, task_id)
-    return paginate(session, select(AuditLog).where(AuditLog.task_id == task_id), limit, offset, AuditLog.id)
+    query = select(AuditLog).where(AuditLog.task_id == task_id)
+    after = col(AuditLog.id) > page.after if page.after is not None else None
+    return _id_page(session, query, after, page.limit, page.offset, col(AuditLog.id).asc())
+
+
+def _id_page(
+    session: Session, query: SelectOfScalar[AuditLog], after: Any, limit: int, offset: int, order: Any
+) -> Page:
+    """A page of audit rows in id order, with the last row's id as the cursor when more follow."""
+    total, exact = count_capped(session, query)
+    if after is not None:
+        query = query.where(after)
+    rows = list(session.exec(query.order_by(order).limit(limit + 1).offset(offset)).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, total, exact, str(rows[-1].id) if more else None)
 
 
 # ---------------------------------------------------------------- helpers

@@ -7,6 +7,7 @@ lease runs out because a test moves `lease_expires_at` into the past through its
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from sqlmodel import Session, col, select
 from config import Settings
 from main import create_app
 from models import AuditLog, LostLease, Task, Worker
+from sweeper import LeaseSweeper
 
 AuthHeaders = Callable[..., dict[str, str]]
 Factory = Callable[..., dict[str, Any]]
@@ -68,6 +70,11 @@ def set_lease_end(db: Engine, task_id: int, when: datetime) -> None:
 
 def expire(db: Engine, task_id: int) -> None:
     set_lease_end(db, task_id, datetime.now(UTC) - timedelta(seconds=1))
+
+
+def sweep(db: Engine) -> int:
+    """What the app's background sweeper does on each turn, run now."""
+    return LeaseSweeper(db, interval=0).sweep()
 
 
 def act(client: TestClient, auth: AuthHeaders, task_id: int, action: str, user: str = "bob") -> httpx.Response:
@@ -176,41 +183,109 @@ def test_a_task_whose_lease_ran_out_can_be_started_by_someone_else(
     assert stored(db, leased).assigned_to == "carol"
 
 
-@pytest.mark.parametrize("read", ["get", "list", "claim"])
-def test_after_the_lease_runs_out_the_next_read_hands_the_task_back_as_the_system(
+@pytest.mark.parametrize("read", ["get", "list", "pending", "ready", "dependencies"])
+def test_every_read_reports_a_lease_that_ran_out_at_once_without_writing(
     client: TestClient, auth: AuthHeaders, db: Engine, leased: int, read: str
 ) -> None:
+    before = stored(db, leased)
     rows_before = len(audit_rows(db, leased))
-    version = stored(db, leased).version
     expire(db, leased)
+    lease_end = stored(db, leased).lease_expires_at
 
     if read == "get":
         response = client.get(f"/api/tasks/{leased}", headers=auth("alice"))
-        assert response.status_code == 200, response.text
-        assert (response.json()["status"], response.json()["assigned_to"]) == ("pending", None)
-        assert response.json()["lease_expires_at"] is None
-    elif read == "list":
-        response = client.get("/api/tasks", headers=auth("alice"))
-        assert response.status_code == 200, response.text
-        (listed,) = response.json()
-        assert (listed["status"], listed["assigned_to"], listed["lease_expires_at"]) == ("pending", None, None)
+        assert response.headers["ETag"] == f'"{before.version + 1}"'
+        (seen,) = [response.json()]
+    elif read == "dependencies":
+        waiting = client.post("/api/tasks", json={"title": "Waits", "project_slug": "demo"}, headers=auth("alice"))
+        linked = client.post(
+            f"/api/tasks/{waiting.json()['id']}/dependencies", json={"depends_on": leased}, headers=auth("alice")
+        )
+        assert linked.status_code == 201, linked.text
+        assert linked.json()["status"] == "pending"
+        response = client.get(f"/api/tasks/{waiting.json()['id']}/dependencies", headers=auth("alice"))
+        (seen,) = response.json()
     else:
-        # Alice's claim in another project finds nothing, but the sweep runs all the same.
-        response = client.post("/api/tasks/claim", json={"min_priority": "critical"}, headers=auth("alice"))
-        assert response.status_code == 204, response.text
+        params = {"get": {}, "list": {}, "pending": {"status": "pending"}, "ready": {"ready": "true"}}[read]
+        response = client.get("/api/tasks", params=params, headers=auth("carol"))
+        (seen,) = [task for task in response.json() if task["id"] == leased]
+
+    assert response.status_code == 200, response.text
+    assert (seen["status"], seen["assigned_to"], seen["lease_expires_at"]) == ("pending", None, None)
+    assert seen["version"] == before.version + 1
+    assert parse_time(seen["updated_at"]) == lease_end
+    # The read wrote nothing: the sweeper (or the next change of the task) does.
+    task = stored(db, leased)
+    assert (task.status, task.assigned_to, task.version) == ("in_progress", "bob", before.version)
+    assert "lease_expired" not in [row.action for row in audit_rows(db, leased)[rows_before:]]
+
+
+def test_filters_see_a_task_whose_lease_ran_out_as_pending_and_unassigned(
+    client: TestClient, auth: AuthHeaders, db: Engine, leased: int
+) -> None:
+    expire(db, leased)
+
+    def listed(**params: str) -> list[int]:
+        response = client.get("/api/tasks", params=params, headers=auth("alice"))
+        assert response.status_code == 200, response.text
+        return [task["id"] for task in response.json()]
+
+    assert leased in listed(status="pending")
+    assert leased in listed(ready="true")
+    assert leased not in listed(status="in_progress")
+    assert leased not in listed(assigned_to="bob")
+    assert leased not in listed(ready="false")
+
+
+def test_the_sweeper_hands_the_task_back_as_the_system_exactly_as_reads_showed_it(
+    client: TestClient, auth: AuthHeaders, db: Engine, leased: int
+) -> None:
+    rows_before = len(audit_rows(db, leased))
+    expire(db, leased)
+    shown = client.get(f"/api/tasks/{leased}", headers=auth("alice"))
+
+    assert sweep(db) == 1
 
     task = stored(db, leased)
-    assert (task.status, task.assigned_to, task.lease_expires_at) == ("pending", None, None)
-    assert task.version == version + 1
+    assert (task.status, task.assigned_to, task.lease_expires_at, task.lease_seconds) == ("pending", None, None, None)
+    after = client.get(f"/api/tasks/{leased}", headers=auth("alice"))
+    assert after.json() == shown.json()
+    assert after.headers["ETag"] == shown.headers["ETag"] == f'"{task.version}"'
     rows = audit_rows(db, leased)[rows_before:]
     assert [row.action for row in rows] == ["lease_expired"]
     row = rows[0]
     assert (row.actor_id, row.actor_type, row.owner_id, row.project_slug) == ("system", "system", None, "demo")
     assert row.context["status"] == ["in_progress", "pending"]
     assert row.context["assigned_to"] == ["bob", None]
+    with Session(db) as session:
+        assert session.get(LostLease, (leased, "bob")) is not None
 
 
-def test_a_lease_runs_out_once_however_often_the_task_is_read(
+def test_a_claim_takes_a_task_whose_lease_ran_out_without_waiting_for_the_sweeper(
+    client: TestClient, auth: AuthHeaders, db: Engine, leased: int
+) -> None:
+    expire(db, leased)
+
+    response = client.post("/api/tasks/claim", headers=auth("carol"))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == leased
+    assert [row.action for row in audit_rows(db, leased)][-2:] == ["lease_expired", "task.claimed"]
+
+
+def test_a_claim_that_finds_nothing_for_itself_still_hands_expired_leases_back(
+    client: TestClient, auth: AuthHeaders, db: Engine, leased: int
+) -> None:
+    expire(db, leased)
+
+    response = client.post("/api/tasks/claim", json={"min_priority": "critical"}, headers=auth("alice"))
+
+    assert response.status_code == 204, response.text
+    assert stored(db, leased).status == "pending"
+    assert [row.action for row in audit_rows(db, leased)].count("lease_expired") == 1
+
+
+def test_a_lease_runs_out_once_however_often_the_task_is_read_or_swept(
     client: TestClient, auth: AuthHeaders, db: Engine, leased: int
 ) -> None:
     expire(db, leased)
@@ -218,6 +293,7 @@ def test_a_lease_runs_out_once_however_often_the_task_is_read(
     for _ in range(3):
         assert client.get(f"/api/tasks/{leased}", headers=auth("alice")).status_code == 200
         assert client.get("/api/tasks", headers=auth("carol")).status_code == 200
+        sweep(db)
 
     assert [row.action for row in audit_rows(db, leased)].count("lease_expired") == 1
 
@@ -226,13 +302,29 @@ def test_the_lease_expired_row_is_listed_in_the_audit_log_as_the_systems(
     client: TestClient, auth: AuthHeaders, db: Engine, leased: int
 ) -> None:
     expire(db, leased)
-    client.get(f"/api/tasks/{leased}", headers=auth("alice"))
+    sweep(db)
 
     response = client.get("/api/audit?action=lease_expired", headers=auth("alice"))
 
     assert response.status_code == 200, response.text
     (row,) = response.json()
     assert (row["task_id"], row["actor_id"], row["actor_type"]) == (leased, "system", "system")
+
+
+def test_the_app_sweeps_in_the_background(settings: Settings, auth: AuthHeaders, db: Engine) -> None:
+    settings.lease_sweep_seconds = 0.05
+    with TestClient(create_app(settings)) as client:
+        client.post("/api/projects", json={"slug": "demo", "name": "Demo"}, headers=auth("alice"))
+        created = client.post("/api/tasks", json={"title": "Work", "project_slug": "demo"}, headers=auth("alice"))
+        task_id = created.json()["id"]
+        assert client.post(f"/api/tasks/{task_id}/start?lease_seconds=60", headers=auth("alice")).status_code == 200
+        expire(db, task_id)
+        deadline = time.monotonic() + 10
+        while stored(db, task_id).status != "pending" and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    assert stored(db, task_id).status == "pending"
+    assert [row.action for row in audit_rows(db, task_id)].count("lease_expired") == 1
 
 
 def test_a_lease_that_has_not_run_out_keeps_the_task_with_its_holder(
@@ -277,6 +369,8 @@ def test_the_former_holder_gets_lease_lost_when_nobody_has_claimed_the_task_sinc
     assert_refused(response, 409, "lease_lost")
     seen = client.get(f"/api/tasks/{leased}", headers=auth("alice")).json()
     assert (seen["status"], seen["assigned_to"], seen["progress_percent"]) == ("pending", None, 0)
+    # The refused request saved nothing; the hand-back is the sweeper's, once.
+    sweep(db)
     assert [row.action for row in audit_rows(db, leased)].count("lease_expired") == 1
 
 
@@ -341,15 +435,16 @@ def test_the_lease_running_out_changes_the_etag(client: TestClient, auth: AuthHe
     after = client.get(f"/api/tasks/{leased}", headers=auth("alice")).headers["ETag"]
 
     assert after != before
+    sweep(db)
     assert after == f'"{stored(db, leased).version}"'
 
 
-def test_many_readers_at_once_hand_an_expired_task_back_once(
+def test_readers_and_sweepers_at_once_hand_an_expired_task_back_once(
     live_server: Any, auth: AuthHeaders, db: Engine, leased: int
 ) -> None:
     expire(db, leased)
     headers = [{**auth(user), "Connection": "close"} for user in ("alice", "bob", "carol") * 3]
-    barrier = threading.Barrier(len(headers))
+    barrier = threading.Barrier(len(headers) + 3)
 
     def read(index: int) -> int:
         with httpx.Client(base_url=live_server.url, headers=headers[index], timeout=30) as http:
@@ -357,10 +452,18 @@ def test_many_readers_at_once_hand_an_expired_task_back_once(
             path = "/api/tasks" if index % 2 else f"/api/tasks/{leased}"
             return http.get(path).status_code
 
-    with ThreadPoolExecutor(max_workers=len(headers)) as pool:
+    def sweep_at_once(_index: int) -> int:
+        barrier.wait(timeout=10)
+        return sweep(db)
+
+    with ThreadPoolExecutor(max_workers=len(headers) + 3) as pool:
+        sweeps = pool.map(sweep_at_once, range(3))
         statuses = list(pool.map(read, range(len(headers))))
+        swept = sum(sweeps)
 
     assert statuses == [200] * len(headers)
+    assert swept <= 1
+    sweep(db)
     assert [row.action for row in audit_rows(db, leased)].count("lease_expired") == 1
     task = stored(db, leased)
     assert (task.status, task.assigned_to) == ("pending", None)

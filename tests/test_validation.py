@@ -18,7 +18,7 @@ from sqlmodel import Session, func, select
 
 from config import Settings
 from main import create_app
-from models import Project, ProjectMember, Task, Worker
+from models import MAX_OFFSET, Project, ProjectMember, Task, Worker
 
 AuthHeaders = Callable[..., dict[str, str]]
 CreateProject = Callable[..., dict[str, Any]]
@@ -408,7 +408,10 @@ BAD_LIST_FILTERS: list[tuple[str, str]] = [
     ("limit", "abc"),
     ("offset", "-1"),
     ("offset", str(2**31)),
+    ("offset", str(MAX_OFFSET + 1)),
     ("offset", "abc"),
+    ("after", "not a cursor!"),
+    ("after", "A" * 501),
 ]
 
 
@@ -427,7 +430,7 @@ def test_list_tasks_with_an_invalid_filter_returns_422_not_an_empty_list(
 
 
 def test_list_tasks_accepts_the_boundary_page_values(client: TestClient, auth: AuthHeaders) -> None:
-    for limit, offset in [("1", "0"), ("100", str(MAX_ID))]:
+    for limit, offset in [("1", "0"), ("100", str(MAX_OFFSET))]:
         response = client.get("/api/tasks", params={"limit": limit, "offset": offset}, headers=auth("alice"))
 
         assert response.status_code == 200, response.text
