@@ -138,8 +138,7 @@ class JWKSVerifier:
         principal = self.cached(token)
         if principal is not None:
             return principal
-        generation = self._key_generation
-        principal, expires_at = self._verify(token)
+        principal, expires_at, generation = self._verify(token)
         with self._verified_lock:
             if generation != self._key_generation:
                 return principal  # the keys changed while this token was checked: remember nothing
@@ -148,7 +147,8 @@ class JWKSVerifier:
                 self._verified.popitem(last=False)
         return principal
 
-    def _verify(self, token: str) -> tuple[Principal, float]:
+    def _verify(self, token: str) -> tuple[Principal, float, int]:
+        """The principal, its `exp`, and which key set it was checked against."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken("Malformed token")
         try:
@@ -159,6 +159,7 @@ class JWKSVerifier:
         if not isinstance(algorithm, str) or algorithm not in ALLOWED_ALGORITHMS:
             raise InvalidToken("Token algorithm is not accepted")
         key = self._key_for(header.get("kid"))
+        generation = self._key_generation
         if key.algorithm_name != algorithm:
             raise InvalidToken("Token algorithm does not match its signing key")
         try:
@@ -186,7 +187,7 @@ class JWKSVerifier:
         expires_at = claims["exp"]
         if not isinstance(expires_at, int | float):
             raise InvalidToken("Token has an invalid 'exp' claim")
-        return _principal(claims), float(expires_at)
+        return _principal(claims), float(expires_at), generation
 
     def _key_for(self, kid: object) -> jwt.PyJWK:
         if kid is not None and not isinstance(kid, str):
