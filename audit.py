@@ -1,8 +1,8 @@
 """Writing the audit log: one row per change, in the caller's transaction.
 
-`record` only adds the row to the session. It never flushes or commits, so the row is
-saved together with the change it describes or not at all. Nothing here updates or
-deletes audit rows.
+`record` inserts the row in the caller's transaction (after the session's pending changes),
+and never commits, so the row is saved together with the change it describes or not at all.
+Nothing here updates or deletes audit rows.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy import String, bindparam, insert
 from sqlmodel import Session, select
 
-from models import AuditLog, Worker, WorkerType
+from models import AuditLog, Worker, WorkerType, utc_now
 
 # TaskFlow itself, when it changes a task on its own (a lease running out); it has no worker row.
 SYSTEM_ID = "system"
@@ -46,6 +47,20 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any
     }
 
 
+_AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
+_WORKER = Worker.__table__  # type: ignore[attr-defined]
+_AS_WORKER = bindparam("audit_actor", type_=String())
+# Built once: the row's actor type and owner are read from the worker row by the INSERT itself,
+# so a change of an agent's type or owner shows in the very next row, in every process, with no
+# cache to invalidate. A missing worker row makes actor_type NULL, which the table refuses: no
+# change goes unattributed.
+_INSERT_AS_WORKER = insert(_AUDIT).values(
+    actor_type=select(_WORKER.c.type).where(_WORKER.c.id == _AS_WORKER).scalar_subquery(),
+    owner_id=select(_WORKER.c.owner_id).where(_WORKER.c.id == _AS_WORKER).scalar_subquery(),
+)
+_INSERT_AS_SYSTEM = insert(_AUDIT).values(actor_type=WorkerType.system, owner_id=None)
+
+
 def record(
     session: Session,
     actor: Actor,
@@ -54,25 +69,17 @@ def record(
     task_id: int | None = None,
     project_slug: str | None = None,
     context: dict[str, Any] | None = None,
-) -> AuditLog:
+) -> None:
+    values = {
+        "task_id": task_id,
+        "project_slug": project_slug,
+        "actor_id": actor.id,
+        "action": action,
+        "context": {key: json_value(value) for key, value in (context or {}).items()},
+        "request_id": current_request_id.get(),
+        "timestamp": utc_now(),
+    }
     if actor.id == SYSTEM_ID:
-        actor_type: Any = WorkerType.system
-        owner_id: Any = None
+        session.execute(_INSERT_AS_SYSTEM, values)
     else:
-        # Read from the worker row by the INSERT itself, so a change of an agent's type or owner
-        # shows in the very next row, in every process, with no cache to invalidate. A missing
-        # row makes actor_type NULL, which the table refuses: no change goes unattributed.
-        actor_type = select(Worker.type).where(Worker.id == actor.id).scalar_subquery()
-        owner_id = select(Worker.owner_id).where(Worker.id == actor.id).scalar_subquery()
-    row = AuditLog(
-        task_id=task_id,
-        project_slug=project_slug,
-        actor_id=actor.id,
-        actor_type=actor_type,
-        owner_id=owner_id,
-        action=action,
-        context={key: json_value(value) for key, value in (context or {}).items()},
-        request_id=current_request_id.get(),
-    )
-    session.add(row)
-    return row
+        session.execute(_INSERT_AS_WORKER, {**values, "audit_actor": actor.id})

@@ -82,7 +82,7 @@ from models import (
 from sweeper import LeaseSweeper
 
 logger = logging.getLogger("taskflow")
-TaskLike = TypeVar("TaskLike", Task, TaskRead)
+TaskLike = TypeVar("TaskLike", Task, dict[str, Any])
 
 DESCRIPTION = (
     "Task management where humans and AI agents work the same board. Every change is "
@@ -196,7 +196,7 @@ def claim_task(
 
 
 @api.get("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"])
-def get_task(task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser) -> TaskRead:
+def get_task(task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     """Get one task, with its version in the `ETag` header."""
     return tagged(response, services.read_task(session, user, task_id))
 
@@ -236,7 +236,7 @@ def task_history(
 
 
 @api.get("/tasks/{task_id}/dependencies", response_model=list[TaskRead], tags=["dependencies"])
-def list_dependencies(task_id: TaskId, session: SessionDep, user: CurrentUser) -> list[TaskRead]:
+def list_dependencies(task_id: TaskId, session: SessionDep, user: CurrentUser) -> list[dict[str, Any]]:
     """The tasks this task waits for."""
     return services.list_dependencies(session, user, task_id)
 
@@ -248,7 +248,7 @@ def list_dependencies(task_id: TaskId, session: SessionDep, user: CurrentUser) -
     tags=["dependencies"],
     responses=RULE_ERRORS,
 )
-def add_dependency(task_id: TaskId, data: DependencyCreate, session: SessionDep, user: CurrentUser) -> TaskRead:
+def add_dependency(task_id: TaskId, data: DependencyCreate, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     """Make this task wait for another task of the same project; answers the task waited for."""
     return services.add_dependency(session, user, task_id, data)
 
@@ -696,7 +696,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_credentials=True,
         allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key", "If-Match"],
-        expose_headers=["X-Total-Count", "X-Request-ID", "ETag", "Idempotent-Replayed"],
+        expose_headers=["X-Total-Count", "X-Total-Count-Exact", "Link", "X-Request-ID", "ETag", "Idempotent-Replayed"],
         max_age=600,
     )
     app.add_middleware(RequestIdMiddleware)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, true, tuple_
+from sqlalchemy import ColumnElement, Integer, Select, String, and_, bindparam, delete, func, or_, true, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
@@ -37,6 +37,7 @@ from errors import (
     UnfinishedDependencies,
 )
 from models import (
+    MAX_ID,
     PRIORITY_RANK,
     TASK_TABLE,
     AuditLog,
@@ -61,6 +62,7 @@ from models import (
     TaskSort,
     TaskStatus,
     TaskUpdate,
+    UTCDateTime,
     Worker,
     WorkerCreate,
     WorkerType,
@@ -92,6 +94,13 @@ SYSTEM = Actor(id=audit.SYSTEM_ID, role="system")
 COUNT_CAP = 10_000
 
 
+def _core(session: Session) -> Connection:
+    """The session's connection, for a Core statement that skips the ORM, with pending changes flushed
+    first as the ORM would (a caller's first request adds its worker and audit rows)."""
+    session.flush()
+    return session.connection()
+
+
 @dataclass(frozen=True)
 class Page:
     """One page of rows, how many rows match in all (exact up to `COUNT_CAP`), and where the next page starts."""
@@ -102,10 +111,12 @@ class Page:
     next_cursor: str | None = None
 
 
-def count_capped(session: Session, query: Select[Any] | SelectOfScalar[Any]) -> tuple[int, bool]:
+def count_capped(
+    session: Session, query: Select[Any] | SelectOfScalar[Any], params: Mapping[str, Any] | None = None
+) -> tuple[int, bool]:
     """How many rows `query` matches, counting no further than `COUNT_CAP`."""
     capped = query.order_by(None).limit(COUNT_CAP + 1).subquery()
-    total: int = session.exec(select(func.count()).select_from(capped)).one()
+    total: int = _core(session).execute(select(func.count()).select_from(capped), params).scalar_one()
     return min(total, COUNT_CAP), total <= COUNT_CAP
 
 
@@ -409,8 +420,23 @@ _SORT_COLUMNS: dict[str, Any] = {
     "due_date": TASK_TABLE.c.due_date,
     "priority": TASK_TABLE.c.priority_rank,
 }
-# What a list page reads: the columns of TaskRead, as plain rows rather than ORM objects.
-_READ_COLUMNS = [TASK_TABLE.c[name] for name in TaskRead.model_fields]
+# What a read fetches: the columns of TaskRead, as plain rows rather than ORM objects. The
+# statements are built once, with the caller as a parameter: building one costs more than running it.
+_READ_FIELDS = list(TaskRead.model_fields)
+_READ_COLUMNS = [TASK_TABLE.c[name] for name in _READ_FIELDS]
+_CALLER = bindparam("caller", type_=String())
+_VISIBLE_TO_CALLER = or_(
+    TASK_TABLE.c.project_slug.in_(
+        select(ProjectMember.project_slug).where(col(ProjectMember.worker_id) == _CALLER).scalar_subquery()
+    ),
+    and_(
+        TASK_TABLE.c.project_slug.is_(None),
+        or_(TASK_TABLE.c.created_by == _CALLER, TASK_TABLE.c.assigned_to == _CALLER),
+    ),
+)
+# By whether the caller is an admin, who sees every task.
+_READ_TASKS = {False: select(*_READ_COLUMNS).where(_VISIBLE_TO_CALLER), True: select(*_READ_COLUMNS)}
+_READ_TASK = {admin: query.where(TASK_TABLE.c.id == bindparam("task_id")) for admin, query in _READ_TASKS.items()}
 
 
 def _task_order(sort: TaskSort) -> list[Any]:
@@ -437,21 +463,25 @@ def _task_cursor(sort: TaskSort, row: RowMapping) -> str:
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
+def _is_int(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def _after_cursor(sort: TaskSort, cursor: str) -> ColumnElement[bool]:
     """The rows that come after `cursor` in `sort` order, as an index range condition."""
     try:
         sort_name, value, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not isinstance(last_id, int) or isinstance(last_id, bool):
-            raise ValueError("the id is not an integer")
+        if not _is_int(last_id, 0, MAX_ID):
+            raise ValueError("the id is not one a task can have")
         key = sort.value.lstrip("-")
         if key == "priority":
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError("the rank is not an integer")
+            if not _is_int(value, 0, max(PRIORITY_RANK.values())):
+                raise ValueError("the rank is not one a priority has")
         elif value is not None:
             value = as_utc(datetime.fromisoformat(value))
         elif key != "due_date":
             raise ValueError("only due dates are ever empty")
-    except (ValueError, TypeError, UnicodeDecodeError):
+    except (ValueError, TypeError, UnicodeDecodeError, OverflowError):
         raise BadRequest("Malformed 'after' cursor: pass the one from the Link header unchanged") from None
     if sort_name != sort.value:
         raise BadRequest(f"This 'after' cursor is for sort={sort_name}; ask again with that sort")
@@ -492,29 +522,32 @@ def _status_is(status: TaskStatus, now: datetime) -> ColumnElement[bool]:
     return TASK_TABLE.c.status == status
 
 
-def as_read(task: Mapping[str, Any] | RowMapping | Task, now: datetime) -> TaskRead:
-    """The task as every read reports it: a lease that ran out is already handed back.
+def as_read(task: Mapping[str, Any] | RowMapping | Task, now: datetime) -> dict[str, Any]:
+    """The task's fields as every read reports them: a lease that ran out is already handed back.
 
     The sweeper (or the next write to the task) makes it so in the database, with the same
-    version and `updated_at`, so an ETag read here is the one a later If-Match is checked against.
+    version, so an ETag read here is the one a later If-Match is checked against. `updated_at`
+    stays the time of the last change a worker made, so the `updated_at` order does not move.
+    Plain values, not a model: the route's response model validates them once.
     """
-    read = TaskRead.model_validate(task)
-    if read.status == TaskStatus.in_progress and read.lease_expires_at is not None and read.lease_expires_at <= now:
-        return read.model_copy(
-            update={
-                "status": TaskStatus.pending,
-                "assigned_to": None,
-                "lease_expires_at": None,
-                "version": read.version + 1,
-                "updated_at": read.lease_expires_at,
-            }
+    if isinstance(task, Task):
+        read = {name: getattr(task, name) for name in _READ_FIELDS}
+    else:
+        read = dict(task)
+    lease_end = read["lease_expires_at"]
+    if read["status"] == TaskStatus.in_progress and lease_end is not None and lease_end <= now:
+        read.update(
+            status=TaskStatus.pending,
+            assigned_to=None,
+            lease_expires_at=None,
+            version=read["version"] + 1,
         )
     return read
 
 
 def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> Page:
     now = utc_now()
-    query = select(*_READ_COLUMNS).where(_visible_task(actor))
+    query = _READ_TASKS[actor.is_admin]
     if filters.ready is not None:
         query = query.where(_ready(actor, now) if filters.ready else ~_ready(actor, now))
     if filters.status is not None:
@@ -529,11 +562,12 @@ def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> Page:
         query = query.where(Task.parent_id == filters.parent_id)
     if filters.q:
         query = query.where(col(Task.title).icontains(filters.q, autoescape=True))
-    total, exact = count_capped(session, query)
+    caller = {"caller": actor.id}
+    total, exact = count_capped(session, query, caller)
     if filters.after is not None:
         query = query.where(_after_cursor(filters.sort, filters.after))
     page = query.order_by(*_task_order(filters.sort)).limit(filters.limit + 1).offset(filters.offset)
-    rows = [row._mapping for row in session.execute(page)]
+    rows = [row._mapping for row in _core(session).execute(page, caller)]
     more = len(rows) > filters.limit
     rows = rows[: filters.limit]
     cursor = _task_cursor(filters.sort, rows[-1]) if more else None
@@ -556,9 +590,9 @@ def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool =
     return task
 
 
-def read_task(session: Session, actor: Actor, task_id: int) -> TaskRead:
+def read_task(session: Session, actor: Actor, task_id: int) -> dict[str, Any]:
     """The task as the caller may see it, read without a lock or a write."""
-    row = session.execute(select(*_READ_COLUMNS).where(Task.id == task_id, _visible_task(actor))).first()
+    row = _core(session).execute(_READ_TASK[actor.is_admin], {"caller": actor.id, "task_id": task_id}).first()
     if row is None:
         raise NotFound(f"Task {task_id} not found")
     return as_read(row._mapping, utc_now())
@@ -728,8 +762,9 @@ def _save(
     return task
 
 
-def etag(task: Task | TaskRead) -> str:
-    return f'"{task.version}"'
+def etag(task: Task | Mapping[str, Any]) -> str:
+    version = task["version"] if isinstance(task, Mapping) else task.version
+    return f'"{version}"'
 
 
 def _check_if_match(task: Task, if_match: str | None) -> None:
@@ -1030,12 +1065,11 @@ def _has_run_out(task: Task, now: datetime) -> bool:
 def _expire_lease(session: Session, task: Task) -> None:
     """Hand a task whose lease ran out back: pending, unassigned, audited as the system's doing.
 
-    It reads back exactly as `as_read` showed it: one version on, updated when the lease ended.
+    It reads back exactly as `as_read` showed it: one version on, and `updated_at` unchanged.
     """
     assert task.id is not None
-    assert task.lease_expires_at is not None
     before = task.model_dump()
-    ended_at = task.lease_expires_at
+    last_changed_at = task.updated_at
     if task.assigned_to is not None and session.get(LostLease, (task.id, task.assigned_to)) is None:
         session.add(LostLease(task_id=task.id, worker_id=task.assigned_to))
     task.status = TaskStatus.pending
@@ -1043,7 +1077,20 @@ def _expire_lease(session: Session, task: Task) -> None:
     task.lease_expires_at = None
     task.lease_seconds = None
     _save(session, SYSTEM, task, before, "lease_expired", {})
-    task.updated_at = ended_at
+    task.updated_at = last_changed_at
+
+
+_EXPIRED_LEASES = (
+    select(Task)
+    .where(
+        col(Task.status) == TaskStatus.in_progress,
+        col(Task.lease_expires_at).is_not(None),
+        col(Task.lease_expires_at) <= bindparam("now", type_=UTCDateTime()),
+    )
+    .order_by(col(Task.lease_expires_at), col(Task.id))
+    .limit(bindparam("limit", type_=Integer()))
+    .with_for_update(skip_locked=True, key_share=True)
+)
 
 
 def expire_leases(session: Session, *, limit: int) -> int:
@@ -1052,14 +1099,7 @@ def expire_leases(session: Session, *, limit: int) -> int:
     The index on `lease_expires_at` makes this cost what it finds, not the size of the table.
     SKIP LOCKED: a task being changed right now is left to the next sweep (or to that change).
     """
-    query = (
-        select(Task)
-        .where(_lease_ran_out(utc_now()))
-        .order_by(col(Task.lease_expires_at), col(Task.id))
-        .limit(limit)
-        .with_for_update(skip_locked=True, key_share=True)
-    )
-    tasks = session.exec(query).all()
+    tasks = session.exec(_EXPIRED_LEASES, params={"now": utc_now(), "limit": limit}).all()
     for task in tasks:
         _expire_lease(session, task)
     return len(tasks)
@@ -1068,6 +1108,25 @@ def expire_leases(session: Session, *, limit: int) -> int:
 # A claim first hands back this many leases that ran out, so they are claimable at once,
 # whether or not the sweeper has been by.
 CLAIM_SWEEP_LIMIT = 20
+_CLAIMABLE = select(
+    Task,
+    select(LostLease.task_id)
+    .where(col(LostLease.task_id) == Task.id, col(LostLease.worker_id) == _CALLER)
+    .exists()
+    .label("lost_lease"),
+).where(
+    col(Task.status) == TaskStatus.pending,
+    or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == _CALLER),
+    ~_unfinished_dependency(Task.id).exists(),
+)
+# By whether the caller is an admin, who may claim any task.
+_CLAIMABLE_BY = {False: _CLAIMABLE.where(_VISIBLE_TO_CALLER), True: _CLAIMABLE}
+_CLAIM_ORDER = (
+    TASK_TABLE.c.priority_rank.desc(),
+    col(Task.due_date).asc().nulls_last(),
+    col(Task.created_at).asc(),
+    col(Task.id).asc(),
+)
 
 
 def claim_task(session: Session, actor: Actor, request: ClaimRequest, *, lease_seconds: int | None) -> Task | None:
@@ -1078,31 +1137,14 @@ def claim_task(session: Session, actor: Actor, request: ClaimRequest, *, lease_s
     and the cost does not grow with the number of pending tasks. SQLite serializes writers instead.
     """
     expire_leases(session, limit=CLAIM_SWEEP_LIMIT)
+    query = _CLAIMABLE_BY[actor.is_admin]
     if request.project is not None:
         get_project(session, actor, request.project)
-    lost_lease = (
-        select(LostLease.task_id)
-        .where(col(LostLease.task_id) == Task.id, col(LostLease.worker_id) == actor.id)
-        .exists()
-        .label("lost_lease")
-    )
-    query = select(Task, lost_lease).where(
-        _visible_task(actor),
-        col(Task.status) == TaskStatus.pending,
-        or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == actor.id),
-        ~_unfinished_dependency(Task.id).exists(),
-    )
-    if request.project is not None:
         query = query.where(Task.project_slug == request.project)
     if request.min_priority is not None:
         query = query.where(TASK_TABLE.c.priority_rank >= PRIORITY_RANK[request.min_priority])
-    query = query.order_by(
-        TASK_TABLE.c.priority_rank.desc(),
-        col(Task.due_date).asc().nulls_last(),
-        col(Task.created_at).asc(),
-        col(Task.id).asc(),
-    )
-    picked = session.exec(query.limit(1).with_for_update(skip_locked=True, of=Task, key_share=True)).first()
+    query = query.order_by(*_CLAIM_ORDER).limit(1).with_for_update(skip_locked=True, of=Task, key_share=True)
+    picked = session.exec(query, params={"caller": actor.id}).first()
     if picked is None:
         return None
     task, had_lost_lease = picked
@@ -1115,7 +1157,7 @@ def claim_task(session: Session, actor: Actor, request: ClaimRequest, *, lease_s
 # ---------------------------------------------------------------- dependencies
 
 
-def list_dependencies(session: Session, actor: Actor, task_id: int) -> list[TaskRead]:
+def list_dependencies(session: Session, actor: Actor, task_id: int) -> list[dict[str, Any]]:
     get_task(session, actor, task_id)
     query = (
         select(*_READ_COLUMNS)
@@ -1127,7 +1169,7 @@ def list_dependencies(session: Session, actor: Actor, task_id: int) -> list[Task
     return [as_read(row._mapping, now) for row in session.execute(query)]
 
 
-def add_dependency(session: Session, actor: Actor, task_id: int, data: DependencyCreate) -> TaskRead:
+def add_dependency(session: Session, actor: Actor, task_id: int, data: DependencyCreate) -> dict[str, Any]:
     task = get_task(session, actor, task_id, for_update=True)
     other = get_task(session, actor, data.depends_on)
     if other.id == task.id:

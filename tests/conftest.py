@@ -243,6 +243,8 @@ def settings(database_url: str, jwks: JWKSServer, tmp_path: Path) -> Settings:
         database_url=database_url,
         auth_server_url=jwks.base_url,
         auto_migrate=False,
+        # Tests sweep when they mean to (tests/test_leases.py), so that none races the background thread.
+        lease_sweep_seconds=0,
         allowed_origins=["http://localhost:3000"],
         dev_key_file=str(tmp_path / "dev-key.pem"),
     )

@@ -23,12 +23,13 @@ import pytest
 from conftest import JWKSServer, TokenFactory
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
 from sqlalchemy import Engine, event, text
 from sqlmodel import Session
 
 import database
 from auth import JWKSVerifier
-from models import Project, ProjectMember, ProjectRole, Task, TaskPriority, Worker, WorkerType
+from models import Project, ProjectMember, ProjectRole, Task, TaskPriority, TaskRead, Worker, WorkerType
 
 AuthHeaders = Callable[..., dict[str, str]]
 ON_POSTGRESQL = bool(os.environ.get("TEST_DATABASE_URL"))
@@ -146,6 +147,23 @@ def test_reads_answer_while_another_transaction_holds_the_row_locked(
 
     assert (one.status_code, page.status_code) == (200, 200), (one.text, page.text)
     assert len(page.json()) == 3
+
+
+@pytest.mark.usefixtures("board")
+def test_task_rows_are_sent_exactly_as_the_response_model_would_send_them(
+    client: TestClient, auth: AuthHeaders, db: Engine
+) -> None:
+    add_tasks(db, 4, description='Ünïcode \u2028 "quoted"', due_date=datetime(2027, 3, 1, 12, 30, tzinfo=UTC))
+    add_tasks(db, 4, status="in_progress", assigned_to="bob", lease_seconds=60, lease_expires_at=datetime.now(UTC))
+    headers = auth("bob")
+
+    page = client.get("/api/tasks", headers=headers)
+    one = client.get(f"/api/tasks/{page.json()[0]['id']}", headers=headers)
+
+    expected = TypeAdapter(list[TaskRead])
+    assert page.content == expected.dump_json(expected.validate_json(page.content))
+    assert one.content == TypeAdapter(TaskRead).dump_json(TaskRead.model_validate_json(one.content))
+    assert [task["status"] for task in page.json()][-4:] == ["pending"] * 4
 
 
 # ---------------------------------------------------------------- the same statements at any size

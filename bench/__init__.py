@@ -1,0 +1,1 @@
+"""TaskFlow's benchmark: `uv run python bench/run.py` (see bench/README.md)."""
