@@ -14,7 +14,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, Select, String, and_, bindparam, delete, func, or_, true, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    or_,
+    true,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
@@ -115,9 +129,7 @@ def count_capped(
     session: Session, query: Select[Any] | SelectOfScalar[Any], params: Mapping[str, Any] | None = None
 ) -> tuple[int, bool]:
     """How many rows `query` matches, counting no further than `COUNT_CAP`."""
-    capped = query.order_by(None).limit(COUNT_CAP + 1).subquery()
-    total: int = _core(session).execute(select(func.count()).select_from(capped), params).scalar_one()
-    return min(total, COUNT_CAP), total <= COUNT_CAP
+    return _count_rows(session, query.order_by(None).limit(COUNT_CAP + 1).subquery(), params or {})
 
 
 def paginate(session: Session, query: SelectOfScalar[Any], limit: int, offset: int, *order_by: Any) -> Page:
@@ -278,10 +290,7 @@ def list_projects(session: Session, actor: Actor, limit: int, offset: int) -> Pa
 
 
 def get_project(session: Session, actor: Actor, slug: str, *, for_update: bool = False) -> Project:
-    query = select(Project).where(Project.slug == slug, _visible_project(actor))
-    if for_update:
-        query = query.with_for_update(key_share=True)
-    project = session.exec(query).first()
+    project = session.exec(_GET_PROJECT[actor.is_admin, for_update], params={"slug": slug, "caller": actor.id}).first()
     if project is None:
         raise NotFound(f"Project '{slug}' not found")
     return project
@@ -437,16 +446,27 @@ _VISIBLE_TO_CALLER = or_(
 # By whether the caller is an admin, who sees every task.
 _READ_TASKS = {False: select(*_READ_COLUMNS).where(_VISIBLE_TO_CALLER), True: select(*_READ_COLUMNS)}
 _READ_TASK = {admin: query.where(TASK_TABLE.c.id == bindparam("task_id")) for admin, query in _READ_TASKS.items()}
+_PROJECT = select(Project).where(col(Project.slug) == bindparam("slug", type_=String()))
+_MY_PROJECT = _PROJECT.where(
+    col(Project.slug).in_(select(ProjectMember.project_slug).where(col(ProjectMember.worker_id) == _CALLER))
+)
+# By (whether the caller is an admin, whether the row is to be locked).
+_GET_PROJECT = {
+    (admin, lock): (query.with_for_update(key_share=True) if lock else query)
+    for admin, query in ((False, _MY_PROJECT), (True, _PROJECT))
+    for lock in (False, True)
+}
 
 
-def _task_order(sort: TaskSort) -> list[Any]:
+def _task_order(sort: TaskSort, columns: Any = TASK_TABLE.c) -> list[Any]:
+    """ORDER BY for `sort` over `columns` (the task table's, or a subquery's with the same names)."""
     descending = sort.value.startswith("-")
     key = sort.value.lstrip("-")
-    column = _SORT_COLUMNS[key]
+    column = columns[_SORT_COLUMNS[key].name]
     primary = column.desc() if descending else column.asc()
     if key == "due_date":
         primary = primary.nulls_last()
-    return [primary, TASK_TABLE.c.id.desc() if descending else TASK_TABLE.c.id.asc()]
+    return [primary, columns["id"].desc() if descending else columns["id"].asc()]
 
 
 def _sort_value(sort: TaskSort, row: RowMapping) -> Any:
@@ -547,31 +567,95 @@ def as_read(task: Mapping[str, Any] | RowMapping | Task, now: datetime) -> dict[
 
 def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> Page:
     now = utc_now()
-    query = _READ_TASKS[actor.is_admin]
-    if filters.ready is not None:
-        query = query.where(_ready(actor, now) if filters.ready else ~_ready(actor, now))
-    if filters.status is not None:
-        query = query.where(_status_is(filters.status, now))
-    if filters.priority is not None:
-        query = query.where(Task.priority == filters.priority)
-    if filters.assigned_to is not None:
-        query = query.where(Task.assigned_to == filters.assigned_to, ~_lease_ran_out(now))
-    if filters.project is not None:
-        query = query.where(Task.project_slug == filters.project)
-    if filters.parent_id is not None:
-        query = query.where(Task.parent_id == filters.parent_id)
-    if filters.q:
-        query = query.where(col(Task.title).icontains(filters.q, autoescape=True))
+    conditions = _task_filters(actor, filters, now)
+    after = [] if filters.after is None else [_after_cursor(filters.sort, filters.after)]
+    order = _task_order(filters.sort)
     caller = {"caller": actor.id}
-    total, exact = count_capped(session, query, caller)
-    if filters.after is not None:
-        query = query.where(_after_cursor(filters.sort, filters.after))
-    page = query.order_by(*_task_order(filters.sort)).limit(filters.limit + 1).offset(filters.offset)
-    rows = [row._mapping for row in _core(session).execute(page, caller)]
+    wanted = filters.limit + 1  # one more than the page: whether a next page exists
+    if _spread_over_projects(session, actor, filters):
+        total, exact = _count_rows(session, _visible_union(conditions, None, COUNT_CAP + 1, count_only=True), caller)
+        visible = _visible_union(conditions + after, order, filters.offset + wanted)
+        page: Select[Any] = (
+            select(*(_UNION_OUT[name] for name in _READ_FIELDS))
+            .select_from(visible)
+            .order_by(*_task_order(filters.sort, _UNION_OUT))
+        )
+    else:
+        query = _READ_TASKS[actor.is_admin].where(*conditions)
+        total, exact = count_capped(session, query, caller)
+        page = query.where(*after).order_by(*order)
+    rows = [row._mapping for row in _core(session).execute(page.limit(wanted).offset(filters.offset), caller)]
     more = len(rows) > filters.limit
     rows = rows[: filters.limit]
     cursor = _task_cursor(filters.sort, rows[-1]) if more else None
     return Page([as_read(row, now) for row in rows], total, exact, cursor)
+
+
+def _task_filters(actor: Actor, filters: TaskQuery, now: datetime) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if filters.ready is not None:
+        conditions.append(_ready(actor, now) if filters.ready else ~_ready(actor, now))
+    if filters.status is not None:
+        conditions.append(_status_is(filters.status, now))
+    if filters.priority is not None:
+        conditions.append(TASK_TABLE.c.priority == filters.priority)
+    if filters.assigned_to is not None:
+        conditions += [TASK_TABLE.c.assigned_to == filters.assigned_to, ~_lease_ran_out(now)]
+    if filters.project is not None:
+        conditions.append(TASK_TABLE.c.project_slug == filters.project)
+    if filters.parent_id is not None:
+        conditions.append(TASK_TABLE.c.parent_id == filters.parent_id)
+    if filters.q:
+        conditions.append(TASK_TABLE.c.title.icontains(filters.q, autoescape=True))
+    return conditions
+
+
+def _spread_over_projects(session: Session, actor: Actor, filters: TaskQuery) -> bool:
+    """Whether the page must be gathered project by project (see `_visible_union`).
+
+    A list across a caller's projects, in a table that also holds every other project's tasks,
+    cannot be read off one index in order: the caller's rows are scattered among the others.
+    SQLite has no LATERAL join and serves one board; it reads the table in order instead.
+    """
+    return not actor.is_admin and filters.project is None and session.get_bind().dialect.name == "postgresql"
+
+
+# The union's columns are named in SQL text rather than taken from its subqueries: SQLAlchemy
+# copies every column a subquery exposes (with its foreign keys), which costs more than the query.
+_UNION_COLUMNS = [*_READ_COLUMNS, TASK_TABLE.c.priority_rank]
+_UNION_OUT = {
+    column.name: literal_column(f"visible.{column.name}", type_=column.type).label(column.name)
+    for column in _UNION_COLUMNS
+}
+_ID_ONLY = [TASK_TABLE.c.id]
+
+
+def _visible_union(
+    conditions: list[ColumnElement[bool]], order: list[Any] | None, limit: int, *, count_only: bool = False
+) -> Any:
+    """The caller's tasks as a union: the first `limit` of each of their projects, in order, and
+    their tasks without a project. Each part is a range scan of a (project, sort key, id) index,
+    so the cost is the number of projects times the page, never the size of the table."""
+    columns = _ID_ONLY if count_only else _UNION_COLUMNS
+    mine = select(ProjectMember.project_slug).where(col(ProjectMember.worker_id) == _CALLER).subquery("mine")
+    in_project = select(*columns).where(TASK_TABLE.c.project_slug == mine.c.project_slug, *conditions)
+    loose = select(*columns).where(
+        TASK_TABLE.c.project_slug.is_(None),
+        or_(TASK_TABLE.c.created_by == _CALLER, TASK_TABLE.c.assigned_to == _CALLER),
+        *conditions,
+    )
+    if order is not None:
+        in_project, loose = in_project.order_by(*order), loose.order_by(*order)
+    per_project = in_project.limit(limit).lateral("per_project")
+    return union_all(
+        select(literal_column("per_project.*")).select_from(mine.join(per_project, true())),
+        select(literal_column("loose.*")).select_from(loose.limit(limit).subquery("loose")),
+    ).subquery("visible")
+
+
+def _count_rows(session: Session, rows: Any, params: Mapping[str, Any]) -> tuple[int, bool]:
+    total: int = _core(session).execute(select(func.count()).select_from(rows), params).scalar_one()
+    return min(total, COUNT_CAP), total <= COUNT_CAP
 
 
 # Rows are locked FOR NO KEY UPDATE (`key_share=True`): ids never change, and unlike FOR UPDATE
