@@ -8,6 +8,7 @@ does that once. Access is filtered in SQL; what a caller may not see is `NotFoun
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -487,8 +488,8 @@ def _is_int(value: object, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _after_cursor(sort: TaskSort, cursor: str) -> ColumnElement[bool]:
-    """The rows that come after `cursor` in `sort` order, as an index range condition."""
+def _parse_cursor(sort: TaskSort, cursor: str) -> tuple[bool, dict[str, Any]]:
+    """Whether the cursor sits among the undated tasks, and the values it holds, checked."""
     try:
         sort_name, value, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if not _is_int(last_id, 0, MAX_ID):
@@ -505,10 +506,18 @@ def _after_cursor(sort: TaskSort, cursor: str) -> ColumnElement[bool]:
         raise BadRequest("Malformed 'after' cursor: pass the one from the Link header unchanged") from None
     if sort_name != sort.value:
         raise BadRequest(f"This 'after' cursor is for sort={sort_name}; ask again with that sort")
+    return value is None, {"after_value": value, "after_id": last_id}
+
+
+def _after_cursor(sort: TaskSort, undated: bool) -> ColumnElement[bool]:
+    """The rows after the cursor (`after_value`, `after_id`) in `sort` order, as an index range."""
+    key = sort.value.lstrip("-")
     column, task_id = _SORT_COLUMNS[key], TASK_TABLE.c.id
+    last_id = bindparam("after_id", type_=Integer())
     descending = sort.value.startswith("-")
-    if value is None:  # past the last dated task: the undated ones, in id order
+    if undated:  # past the last dated task: the undated ones, in id order
         return and_(column.is_(None), task_id < last_id if descending else task_id > last_id)
+    value = bindparam("after_value", type_=column.type)
     later = (
         tuple_(column, task_id) < tuple_(value, last_id)
         if descending
@@ -520,7 +529,7 @@ def _after_cursor(sort: TaskSort, cursor: str) -> ColumnElement[bool]:
 # ---------------------------------------------------------------- leases, as reads see them
 
 
-def _lease_ran_out(now: datetime) -> ColumnElement[bool]:
+def _lease_ran_out(now: Any) -> ColumnElement[bool]:
     # Never NULL, so that its negation is true for a task without a lease.
     return and_(
         TASK_TABLE.c.status == TaskStatus.in_progress,
@@ -529,11 +538,11 @@ def _lease_ran_out(now: datetime) -> ColumnElement[bool]:
     )
 
 
-def _lease_holds(now: datetime) -> ColumnElement[bool]:
+def _lease_holds(now: Any) -> ColumnElement[bool]:
     return or_(TASK_TABLE.c.lease_expires_at.is_(None), TASK_TABLE.c.lease_expires_at > now)
 
 
-def _status_is(status: TaskStatus, now: datetime) -> ColumnElement[bool]:
+def _status_is(status: TaskStatus, now: Any) -> ColumnElement[bool]:
     """Tasks whose status, with leases that ran out handed back, is `status`."""
     if status == TaskStatus.pending:
         return or_(TASK_TABLE.c.status == TaskStatus.pending, _lease_ran_out(now))
@@ -567,47 +576,102 @@ def as_read(task: Mapping[str, Any] | RowMapping | Task, now: datetime) -> dict[
 
 def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> Page:
     now = utc_now()
-    conditions = _task_filters(actor, filters, now)
-    after = [] if filters.after is None else [_after_cursor(filters.sort, filters.after)]
-    order = _task_order(filters.sort)
-    caller = {"caller": actor.id}
+    shape, params = _filter_shape(filters)
+    undated: bool | None = None
+    if filters.after is not None:
+        undated, after = _parse_cursor(filters.sort, filters.after)
+        params |= after
+    spread = _spread_over_projects(session, actor, filters)
+    count, page = _list_statements(actor.is_admin, spread, filters.sort, shape, undated)
     wanted = filters.limit + 1  # one more than the page: whether a next page exists
-    if _spread_over_projects(session, actor, filters):
-        total, exact = _count_rows(session, _visible_union(conditions, None, COUNT_CAP + 1, count_only=True), caller)
-        visible = _visible_union(conditions + after, order, filters.offset + wanted)
-        page: Select[Any] = (
-            select(*(_UNION_OUT[name] for name in _READ_FIELDS))
-            .select_from(visible)
-            .order_by(*_task_order(filters.sort, _UNION_OUT))
-        )
-    else:
-        query = _READ_TASKS[actor.is_admin].where(*conditions)
-        total, exact = count_capped(session, query, caller)
-        page = query.where(*after).order_by(*order)
-    rows = [row._mapping for row in _core(session).execute(page.limit(wanted).offset(filters.offset), caller)]
+    params |= {
+        "caller": actor.id,
+        "now": now,
+        "cap": COUNT_CAP + 1,
+        "page_limit": wanted,
+        "page_offset": filters.offset,
+        "per_part": filters.offset + wanted,
+    }
+    connection = _core(session)
+    counted: int = connection.execute(count, params).scalar_one()
+    rows = [row._mapping for row in connection.execute(page, params)]
     more = len(rows) > filters.limit
     rows = rows[: filters.limit]
     cursor = _task_cursor(filters.sort, rows[-1]) if more else None
-    return Page([as_read(row, now) for row in rows], total, exact, cursor)
+    return Page([as_read(row, now) for row in rows], min(counted, COUNT_CAP), counted <= COUNT_CAP, cursor)
 
 
-def _task_filters(actor: Actor, filters: TaskQuery, now: datetime) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
+_NOW = bindparam("now", type_=UTCDateTime())
+# The filters of a list as the parts of its statement's shape; their values are parameters.
+Shape = tuple[tuple[str, Any], ...]
+
+
+def _filter_shape(filters: TaskQuery) -> tuple[Shape, dict[str, Any]]:
+    shape: list[tuple[str, Any]] = []
+    params: dict[str, Any] = {}
     if filters.ready is not None:
-        conditions.append(_ready(actor, now) if filters.ready else ~_ready(actor, now))
+        shape.append(("ready", filters.ready))
     if filters.status is not None:
-        conditions.append(_status_is(filters.status, now))
-    if filters.priority is not None:
-        conditions.append(TASK_TABLE.c.priority == filters.priority)
-    if filters.assigned_to is not None:
-        conditions += [TASK_TABLE.c.assigned_to == filters.assigned_to, ~_lease_ran_out(now)]
-    if filters.project is not None:
-        conditions.append(TASK_TABLE.c.project_slug == filters.project)
-    if filters.parent_id is not None:
-        conditions.append(TASK_TABLE.c.parent_id == filters.parent_id)
+        shape.append(("status", filters.status))
+    for name in ("priority", "assigned_to", "project", "parent_id"):
+        value = getattr(filters, name)
+        if value is not None:
+            shape.append((name, None))
+            params[name] = value
     if filters.q:
-        conditions.append(TASK_TABLE.c.title.icontains(filters.q, autoescape=True))
+        shape.append(("q", None))
+        escaped = filters.q.replace("/", "//").replace("%", "/%").replace("_", "/_")
+        params["q"] = f"%{escaped}%"
+    return tuple(shape), params
+
+
+_FILTER_COLUMNS = {
+    "priority": TASK_TABLE.c.priority,
+    "project": TASK_TABLE.c.project_slug,
+    "parent_id": TASK_TABLE.c.parent_id,
+}
+
+
+def _filter_conditions(shape: Shape) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    for name, value in shape:
+        if name == "ready":
+            conditions.append(_ready(_CALLER, _NOW) if value else ~_ready(_CALLER, _NOW))
+        elif name == "status":
+            conditions.append(_status_is(value, _NOW))
+        elif name == "assigned_to":
+            conditions += [TASK_TABLE.c.assigned_to == bindparam("assigned_to"), ~_lease_ran_out(_NOW)]
+        elif name == "q":
+            conditions.append(TASK_TABLE.c.title.ilike(bindparam("q", type_=String()), escape="/"))
+        else:
+            column = _FILTER_COLUMNS[name]
+            conditions.append(column == bindparam(name, type_=column.type))
     return conditions
+
+
+@functools.lru_cache(maxsize=512)
+def _list_statements(
+    admin: bool, spread: bool, sort: TaskSort, shape: Shape, undated: bool | None
+) -> tuple[Select[Any], Select[Any]]:
+    """The count and the page of a task list of this shape, built once: building costs more than running."""
+    conditions = _filter_conditions(shape)
+    after = [] if undated is None else [_after_cursor(sort, undated)]
+    order = _task_order(sort)
+    cap = bindparam("cap", type_=Integer())
+    if spread:
+        count = select(func.count()).select_from(_visible_union(conditions, None, cap, count_only=True))
+        visible = _visible_union(conditions + after, order, bindparam("per_part", type_=Integer()))
+        page: Select[Any] = (
+            select(*(_UNION_OUT[name] for name in _READ_FIELDS))
+            .select_from(visible)
+            .order_by(*_task_order(sort, _UNION_OUT))
+        )
+    else:
+        query = _READ_TASKS[admin].where(*conditions)
+        count = select(func.count()).select_from(query.limit(cap).subquery())
+        page = query.where(*after).order_by(*order)
+    page = page.limit(bindparam("page_limit", type_=Integer())).offset(bindparam("page_offset", type_=Integer()))
+    return count, page
 
 
 def _spread_over_projects(session: Session, actor: Actor, filters: TaskQuery) -> bool:
@@ -631,7 +695,7 @@ _ID_ONLY = [TASK_TABLE.c.id]
 
 
 def _visible_union(
-    conditions: list[ColumnElement[bool]], order: list[Any] | None, limit: int, *, count_only: bool = False
+    conditions: list[ColumnElement[bool]], order: list[Any] | None, limit: Any, *, count_only: bool = False
 ) -> Any:
     """The caller's tasks as a union: the first `limit` of each of their projects, in order, and
     their tasks without a project. Each part is a range scan of a (project, sort key, id) index,
@@ -1128,13 +1192,13 @@ def _unfinished_dependencies(session: Session, task: Task) -> list[int]:
     return list(session.exec(_unfinished_dependency(task.id).order_by(col(TaskDependency.depends_on_id))).all())
 
 
-def _ready(actor: Actor, now: datetime) -> ColumnElement[bool]:
-    """Claimable by `actor`: pending (or its lease ran out), unassigned or theirs, and nothing it waits for is unfinished."""
+def _ready(caller: Any, now: Any) -> ColumnElement[bool]:
+    """Claimable by `caller`: pending (or its lease ran out), unassigned or theirs, and nothing it waits for is unfinished."""
     return and_(
         or_(
             and_(
                 col(Task.status) == TaskStatus.pending,
-                or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == actor.id),
+                or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == caller),
             ),
             _lease_ran_out(now),
         ),
