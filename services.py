@@ -105,8 +105,9 @@ class Actor:
 
 # Who acts when TaskFlow itself changes a task, e.g. when a lease runs out.
 SYSTEM = Actor(id=audit.SYSTEM_ID, role="system")
-# An exact count costs a scan of every matching row; past this many, X-Total-Count says "at least".
-COUNT_CAP = 10_000
+# An exact count costs a scan of every matching row. Up to this many it costs what the page
+# costs at any table size; past it, X-Total-Count says this and that it is not exact.
+COUNT_CAP = 1_000
 
 
 def _core(session: Session) -> Connection:
@@ -447,6 +448,13 @@ _VISIBLE_TO_CALLER = or_(
 # By whether the caller is an admin, who sees every task.
 _READ_TASKS = {False: select(*_READ_COLUMNS).where(_VISIBLE_TO_CALLER), True: select(*_READ_COLUMNS)}
 _READ_TASK = {admin: query.where(TASK_TABLE.c.id == bindparam("task_id")) for admin, query in _READ_TASKS.items()}
+_TASK = select(Task).where(col(Task.id) == bindparam("task_id", type_=Integer()))
+# By (whether the caller is an admin, whether the row is to be locked).
+_GET_TASK = {
+    (admin, lock): (query.with_for_update(key_share=True) if lock else query)
+    for admin, query in ((False, _TASK.where(_VISIBLE_TO_CALLER)), (True, _TASK))
+    for lock in (False, True)
+}
 _PROJECT = select(Project).where(col(Project.slug) == bindparam("slug", type_=String()))
 _MY_PROJECT = _PROJECT.where(
     col(Project.slug).in_(select(ProjectMember.project_slug).where(col(ProjectMember.worker_id) == _CALLER))
@@ -727,10 +735,7 @@ def _count_rows(session: Session, rows: Any, params: Mapping[str, Any]) -> tuple
 # which would deadlock two requests linking two tasks to each other.
 def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool = False) -> Task:
     """The task, to change it: locked, and with a lease that ran out handed back first."""
-    query = select(Task).where(Task.id == task_id, _visible_task(actor))
-    if for_update:
-        query = query.with_for_update(key_share=True)
-    task = session.exec(query).first()
+    task = session.exec(_GET_TASK[actor.is_admin, for_update], params={"caller": actor.id, "task_id": task_id}).first()
     if task is None:
         raise NotFound(f"Task {task_id} not found")
     if for_update and _has_run_out(task, utc_now()):

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlmodel import Session
 
 from config import Settings
 from database import create_db_engine, migrate, normalize_database_url
@@ -257,6 +258,13 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 # ---------------------------------------------------------------- small helpers for arranging data
+
+
+def insert(db: Engine, *rows: Any) -> None:
+    """Write rows straight into the database, in one transaction of the test's own."""
+    with Session(db, expire_on_commit=False) as session:
+        session.add_all(rows)
+        session.commit()
 
 
 @pytest.fixture

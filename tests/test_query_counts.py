@@ -12,10 +12,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import JWKSServer
+from conftest import JWKSServer, insert
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
-from sqlmodel import Session
 
 from models import (
     AuditLog,
@@ -52,12 +51,6 @@ def counting_statements(client: TestClient) -> Iterator[list[str]]:
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", record)
-
-
-def insert(db: Engine, *rows: Any) -> None:
-    with Session(db, expire_on_commit=False) as session:
-        session.add_all(rows)
-        session.commit()
 
 
 @pytest.fixture

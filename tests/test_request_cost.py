@@ -20,7 +20,7 @@ from typing import Any
 import anyio.to_thread
 import httpx
 import pytest
-from conftest import JWKSServer, TokenFactory
+from conftest import JWKSServer, TokenFactory, insert
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
@@ -53,12 +53,6 @@ def captured(client: TestClient) -> Iterator[list[tuple[str, bool]]]:
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", record)
-
-
-def insert(db: Engine, *rows: Any) -> None:
-    with Session(db, expire_on_commit=False) as session:
-        session.add_all(rows)
-        session.commit()
 
 
 @pytest.fixture
