@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -86,6 +86,7 @@ from models import (
     utc_now,
 )
 
+Row = TypeVar("Row")
 # How deep a chain of subtasks may go; it also bounds the cycle check.
 MAX_TASK_DEPTH = 100
 
@@ -448,23 +449,26 @@ _VISIBLE_TO_CALLER = or_(
 # By whether the caller is an admin, who sees every task.
 _READ_TASKS = {False: select(*_READ_COLUMNS).where(_VISIBLE_TO_CALLER), True: select(*_READ_COLUMNS)}
 _READ_TASK = {admin: query.where(TASK_TABLE.c.id == bindparam("task_id")) for admin, query in _READ_TASKS.items()}
+
+
+def _by_role_and_lock(
+    mine: SelectOfScalar[Row], every: SelectOfScalar[Row]
+) -> dict[tuple[bool, bool], SelectOfScalar[Row]]:
+    """A lookup's four statements, by (whether the caller is an admin, whether the row is locked)."""
+    return {
+        (admin, lock): (query.with_for_update(key_share=True) if lock else query)
+        for admin, query in ((False, mine), (True, every))
+        for lock in (False, True)
+    }
+
+
 _TASK = select(Task).where(col(Task.id) == bindparam("task_id", type_=Integer()))
-# By (whether the caller is an admin, whether the row is to be locked).
-_GET_TASK = {
-    (admin, lock): (query.with_for_update(key_share=True) if lock else query)
-    for admin, query in ((False, _TASK.where(_VISIBLE_TO_CALLER)), (True, _TASK))
-    for lock in (False, True)
-}
+_GET_TASK = _by_role_and_lock(_TASK.where(_VISIBLE_TO_CALLER), _TASK)
 _PROJECT = select(Project).where(col(Project.slug) == bindparam("slug", type_=String()))
 _MY_PROJECT = _PROJECT.where(
     col(Project.slug).in_(select(ProjectMember.project_slug).where(col(ProjectMember.worker_id) == _CALLER))
 )
-# By (whether the caller is an admin, whether the row is to be locked).
-_GET_PROJECT = {
-    (admin, lock): (query.with_for_update(key_share=True) if lock else query)
-    for admin, query in ((False, _MY_PROJECT), (True, _PROJECT))
-    for lock in (False, True)
-}
+_GET_PROJECT = _by_role_and_lock(_MY_PROJECT, _PROJECT)
 
 
 def _task_order(sort: TaskSort, columns: Any = TASK_TABLE.c) -> list[Any]:
