@@ -133,6 +133,10 @@ def transaction(engine: Engine) -> Iterator[Session]:
         session.commit()
 
 
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+
+
 def advisory_lock(session: Session, name: str, *, wait: bool = True) -> bool:
     """Take a PostgreSQL lock on `name` until the transaction ends; False if `wait` is off and it is taken.
 
@@ -141,10 +145,11 @@ def advisory_lock(session: Session, name: str, *, wait: bool = True) -> bool:
     if session.get_bind().dialect.name != "postgresql":
         return True
     key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    connection = session.connection()
     if wait:
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        connection.execute(_LOCK, {"key": key})
         return True
-    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}).scalar())
+    return bool(connection.execute(_TRY_LOCK, {"key": key}).scalar())
 
 
 def alembic_config() -> Config:

@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy import String, bindparam, delete, insert, select
 from sqlmodel import Session
 
 from database import advisory_lock
@@ -19,6 +20,17 @@ from models import IdempotencyKey, utc_now
 
 RETENTION = timedelta(hours=24)
 REPLAYED_HEADERS = {"content-type", "etag", "location"}
+
+# Plain Core statements, built once: a key costs its two statements and nothing of the ORM's.
+_TABLE = IdempotencyKey.__table__  # type: ignore[attr-defined]
+_THIS_KEY = (_TABLE.c.actor_id == bindparam("actor_id", type_=String())) & (
+    _TABLE.c.key == bindparam("key", type_=String())
+)
+_FIND = select(_TABLE.c.fingerprint, _TABLE.c.status_code, _TABLE.c.headers, _TABLE.c.body, _TABLE.c.created_at).where(
+    _THIS_KEY
+)
+_FORGET = delete(_TABLE).where(_THIS_KEY)
+_SAVE = insert(_TABLE)
 
 
 @dataclass
@@ -40,16 +52,16 @@ class Pending:
     fingerprint: str
 
     def save(self, status_code: int, body: bytes, headers: dict[str, str]) -> None:
-        record = IdempotencyKey(
-            actor_id=self.actor_id,
-            key=self.key,
-            fingerprint=self.fingerprint,
-            status_code=status_code,
-            headers={name: value for name, value in headers.items() if name in REPLAYED_HEADERS},
-            body=body.decode(),
-        )
-        self.session.add(record)
-        self.session.flush()
+        record = {
+            "actor_id": self.actor_id,
+            "key": self.key,
+            "fingerprint": self.fingerprint,
+            "status_code": status_code,
+            "headers": {name: value for name, value in headers.items() if name in REPLAYED_HEADERS},
+            "body": body.decode(),
+            "created_at": utc_now(),
+        }
+        self.session.connection().execute(_SAVE, record)
 
 
 def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
@@ -66,10 +78,10 @@ def begin(session: Session, actor_id: str, key: str, request_fingerprint: str) -
     # instead of waiting for the first to finish.
     if not advisory_lock(session, f"idempotency:{actor_id}\0{key}", wait=False):
         raise IdempotencyInProgress("A request with this Idempotency-Key is still being processed")
-    record = session.get(IdempotencyKey, (actor_id, key))
+    this_key = {"actor_id": actor_id, "key": key}
+    record = session.connection().execute(_FIND, this_key).first()
     if record is not None and record.created_at < utc_now() - RETENTION:
-        session.delete(record)
-        session.flush()
+        session.connection().execute(_FORGET, this_key)
         record = None
     if record is None:
         return Pending(session, actor_id, key, request_fingerprint)

@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Query, Request, Response, status
@@ -68,7 +68,6 @@ from models import (
     ProjectMember,
     ProjectRead,
     ProjectUpdate,
-    Task,
     TaskCreate,
     TaskQuery,
     TaskRead,
@@ -78,11 +77,11 @@ from models import (
     WorkerRead,
     WorkerType,
     WorkerUpdate,
+    utc_now,
 )
 from sweeper import LeaseSweeper
 
 logger = logging.getLogger("taskflow")
-TaskLike = TypeVar("TaskLike", Task, dict[str, Any])
 
 DESCRIPTION = (
     "Task management where humans and AI agents work the same board. Every change is "
@@ -159,14 +158,14 @@ def counted(request: Request, response: Response, page: services.Page) -> list[A
     return page.rows
 
 
-def tagged(response: Response, task: TaskLike) -> TaskLike:
-    """Send the task's version as its ETag, for a later If-Match."""
+def tagged(response: Response, task: services.TaskRecord | dict[str, Any]) -> dict[str, Any]:
+    """The task as every read shows it, with its version as the ETag, for a later If-Match."""
     response.headers["ETag"] = services.etag(task)
-    return task
+    return task if isinstance(task, dict) else services.as_read(task, utc_now())
 
 
 @api.post("/tasks", response_model=TaskRead, status_code=status.HTTP_201_CREATED, tags=["tasks"], responses=RULE_ERRORS)
-def create_task(data: TaskCreate, response: Response, session: SessionDep, user: CurrentUser) -> Task:
+def create_task(data: TaskCreate, response: Response, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     """Create a task; it starts `pending`."""
     return tagged(response, services.create_task(session, user, data))
 
@@ -186,13 +185,17 @@ def list_tasks(
     responses={204: {"description": "Nothing is ready for you"}, **RULE_ERRORS},
 )
 def claim_task(
-    session: SessionDep, user: CurrentUser, default_lease: DefaultLease, request: ClaimRequest | None = None
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    default_lease: DefaultLease,
+    request: ClaimRequest | None = None,
 ) -> Any:
     """Start the best task that is ready for you (priority, then due date, then age); 204 if there is none."""
     task = services.claim_task(session, user, request or ClaimRequest(), lease_seconds=default_lease)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return JSONResponse(jsonable_encoder(TaskRead.model_validate(task)), headers={"ETag": services.etag(task)})
+    return tagged(response, task)
 
 
 @api.get("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"])
@@ -210,7 +213,7 @@ def update_task(
     user: CurrentUser,
     default_lease: DefaultLease,
     if_match: IfMatch = None,
-) -> Task:
+) -> dict[str, Any]:
     """Change the fields sent; a `status` change follows the same state machine as the actions."""
     task = services.update_task(session, user, task_id, data, lease_seconds=default_lease, if_match=if_match)
     return tagged(response, task)
@@ -276,7 +279,7 @@ def start_task(
     default_lease: DefaultLease,
     lease_seconds: LeaseSeconds = None,
     if_match: IfMatch = None,
-) -> Task:
+) -> dict[str, Any]:
     """Claim a pending task (unassigned, or assigned to you) whose dependencies are done, and begin work on it."""
     task = services.start_task(session, user, task_id, lease_seconds=lease_seconds or default_lease, if_match=if_match)
     return tagged(response, task)
@@ -285,7 +288,7 @@ def start_task(
 @api.post("/tasks/{task_id}/heartbeat", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
 def heartbeat(
     task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, lease_seconds: LeaseSeconds = None
-) -> Task:
+) -> dict[str, Any]:
     """Renew your lease on a task in progress. Not audited; the task's ETag does not change."""
     return tagged(response, services.heartbeat(session, user, task_id, lease_seconds=lease_seconds))
 
@@ -299,7 +302,7 @@ def update_progress(
     percent: Annotated[int, Query(ge=0, le=100, description="Progress, 0 to 100")],
     note: Annotated[str | None, Query(max_length=2000, pattern=r"^[^\x00]*$", description="What was done")] = None,
     if_match: IfMatch = None,
-) -> Task:
+) -> dict[str, Any]:
     """Report progress on a task in progress (its assignee); this also renews the lease."""
     return tagged(response, services.update_progress(session, user, task_id, percent, note, if_match=if_match))
 
@@ -307,7 +310,7 @@ def update_progress(
 @api.post("/tasks/{task_id}/review", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
 def submit_for_review(
     task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
-) -> Task:
+) -> dict[str, Any]:
     """Hand a task in progress over for review (its assignee)."""
     return tagged(response, services.submit_for_review(session, user, task_id, if_match=if_match))
 
@@ -315,7 +318,7 @@ def submit_for_review(
 @api.post("/tasks/{task_id}/complete", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
 def complete_task(
     task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
-) -> Task:
+) -> dict[str, Any]:
     """Complete a task in progress or in review (its assignee or a project owner); progress becomes 100."""
     return tagged(response, services.complete_task(session, user, task_id, if_match=if_match))
 
@@ -328,7 +331,7 @@ def block_task(
     user: CurrentUser,
     reason: Annotated[Note, Query(description="Why it is blocked")],
     if_match: IfMatch = None,
-) -> Task:
+) -> dict[str, Any]:
     """Mark a pending, in-progress or in-review task as blocked, with a reason."""
     return tagged(response, services.block_task(session, user, task_id, reason, if_match=if_match))
 
@@ -336,7 +339,7 @@ def block_task(
 @api.post("/tasks/{task_id}/unblock", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
 def unblock_task(
     task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
-) -> Task:
+) -> dict[str, Any]:
     """Unblock a task: back to in_progress if it has an assignee, else to pending."""
     return tagged(response, services.unblock_task(session, user, task_id, if_match=if_match))
 
@@ -344,7 +347,7 @@ def unblock_task(
 @api.post("/tasks/{task_id}/release", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
 def release_task(
     task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
-) -> Task:
+) -> dict[str, Any]:
     """Hand a task you are working on back: pending and unassigned, for someone else to claim."""
     return tagged(response, services.release_task(session, user, task_id, if_match=if_match))
 

@@ -11,7 +11,7 @@ import base64
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -23,13 +23,16 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    exists,
     func,
+    insert,
     literal_column,
     or_,
     true,
     tuple_,
     union_all,
 )
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
@@ -86,7 +89,7 @@ from models import (
     utc_now,
 )
 
-Row = TypeVar("Row")
+Statement = TypeVar("Statement", Select[Any], SelectOfScalar[Any])
 # How deep a chain of subtasks may go; it also bounds the cycle check.
 MAX_TASK_DEPTH = 100
 
@@ -182,7 +185,7 @@ def _member_role(session: Session, project_slug: str, worker_id: str) -> Project
     return None if member is None else member.role
 
 
-def _is_task_owner(session: Session, actor: Actor, task: Task) -> bool:
+def _is_task_owner(session: Session, actor: Actor, task: TaskRecord) -> bool:
     """A project owner for a project's task; its creator for a task without a project."""
     if actor.is_admin:
         return True
@@ -293,7 +296,8 @@ def list_projects(session: Session, actor: Actor, limit: int, offset: int) -> Pa
 
 
 def get_project(session: Session, actor: Actor, slug: str, *, for_update: bool = False) -> Project:
-    project = session.exec(_GET_PROJECT[actor.is_admin, for_update], params={"slug": slug, "caller": actor.id}).first()
+    statement: SelectOfScalar[Project] = _GET_PROJECT[actor.is_admin, for_update]
+    project = session.exec(statement, params={"slug": slug, "caller": actor.id}).first()
     if project is None:
         raise NotFound(f"Project '{slug}' not found")
     return project
@@ -451,9 +455,67 @@ _READ_TASKS = {False: select(*_READ_COLUMNS).where(_VISIBLE_TO_CALLER), True: se
 _READ_TASK = {admin: query.where(TASK_TABLE.c.id == bindparam("task_id")) for admin, query in _READ_TASKS.items()}
 
 
-def _by_role_and_lock(
-    mine: SelectOfScalar[Row], every: SelectOfScalar[Row]
-) -> dict[tuple[bool, bool], SelectOfScalar[Row]]:
+# Every column the ORM maps: what the workflow loads, changes and writes back.
+TASK_FIELDS = tuple(Task.model_fields)
+_TASK_COLUMNS = [TASK_TABLE.c[name] for name in TASK_FIELDS]
+
+
+@dataclass(eq=False)
+class TaskRecord:
+    """A task as the workflow reads and changes it: plain attributes, no ORM unit of work.
+
+    `_write` sends one UPDATE of the columns that changed since it was loaded; a request that
+    changes a task pays for one statement, not for the ORM's bookkeeping.
+    """
+
+    id: int
+    title: str
+    description: str | None
+    status: TaskStatus
+    priority: TaskPriority
+    progress_percent: int
+    assigned_to: str | None
+    project_slug: str | None
+    parent_id: int | None
+    due_date: datetime | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    lease_expires_at: datetime | None
+    lease_seconds: int | None
+    saved: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.saved = self.values()
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any] | RowMapping) -> TaskRecord:
+        return cls(*(row[name] for name in TASK_FIELDS))
+
+    def values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in TASK_FIELDS}
+
+
+@functools.lru_cache(maxsize=64)
+def _update_task(columns: tuple[str, ...]) -> Any:
+    return (
+        TASK_TABLE.update()
+        .where(TASK_TABLE.c.id == bindparam("task_id", type_=Integer()))
+        .values({name: bindparam(name, type_=TASK_TABLE.c[name].type) for name in columns})
+    )
+
+
+def _write(session: Session, task: TaskRecord) -> None:
+    """Send what changed in `task` since it was loaded or last written: one UPDATE, or nothing."""
+    now = task.values()
+    changed = {name: value for name, value in now.items() if value != task.saved[name]}
+    if changed:
+        session.connection().execute(_update_task(tuple(sorted(changed))), {"task_id": task.id, **changed})
+        task.saved = now
+
+
+def _by_role_and_lock(mine: Statement, every: Statement) -> dict[tuple[bool, bool], Statement]:
     """A lookup's four statements, by (whether the caller is an admin, whether the row is locked)."""
     return {
         (admin, lock): (query.with_for_update(key_share=True) if lock else query)
@@ -462,7 +524,7 @@ def _by_role_and_lock(
     }
 
 
-_TASK = select(Task).where(col(Task.id) == bindparam("task_id", type_=Integer()))
+_TASK = select(*_TASK_COLUMNS).where(TASK_TABLE.c.id == bindparam("task_id", type_=Integer()))
 _GET_TASK = _by_role_and_lock(_TASK.where(_VISIBLE_TO_CALLER), _TASK)
 _PROJECT = select(Project).where(col(Project.slug) == bindparam("slug", type_=String()))
 _MY_PROJECT = _PROJECT.where(
@@ -563,7 +625,7 @@ def _status_is(status: TaskStatus, now: Any) -> ColumnElement[bool]:
     return TASK_TABLE.c.status == status
 
 
-def as_read(task: Mapping[str, Any] | RowMapping | Task, now: datetime) -> dict[str, Any]:
+def as_read(task: Mapping[str, Any] | RowMapping | TaskRecord, now: datetime) -> dict[str, Any]:
     """The task's fields as every read reports them: a lease that ran out is already handed back.
 
     The sweeper (or the next write to the task) makes it so in the database, with the same
@@ -571,7 +633,7 @@ def as_read(task: Mapping[str, Any] | RowMapping | Task, now: datetime) -> dict[
     stays the time of the last change a worker made, so the `updated_at` order does not move.
     Plain values, not a model: the route's response model validates them once.
     """
-    if isinstance(task, Task):
+    if isinstance(task, TaskRecord):
         read = {name: getattr(task, name) for name in _READ_FIELDS}
     else:
         read = dict(task)
@@ -737,11 +799,13 @@ def _count_rows(session: Session, rows: Any, params: Mapping[str, Any]) -> tuple
 # Rows are locked FOR NO KEY UPDATE (`key_share=True`): ids never change, and unlike FOR UPDATE
 # it does not block the KEY SHARE locks that foreign-key checks of other transactions take,
 # which would deadlock two requests linking two tasks to each other.
-def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool = False) -> Task:
+def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool = False) -> TaskRecord:
     """The task, to change it: locked, and with a lease that ran out handed back first."""
-    task = session.exec(_GET_TASK[actor.is_admin, for_update], params={"caller": actor.id, "task_id": task_id}).first()
-    if task is None:
+    params = {"caller": actor.id, "task_id": task_id}
+    row = _core(session).execute(_GET_TASK[actor.is_admin, for_update], params).first()
+    if row is None:
         raise NotFound(f"Task {task_id} not found")
+    task = TaskRecord.from_row(row._mapping)
     if for_update and _has_run_out(task, utc_now()):
         _expire_lease(session, task)
     return task
@@ -776,45 +840,83 @@ def _lock_task_graph(session: Session, project_slug: str | None) -> None:
     advisory_lock(session, f"task-graph:{project_slug}")
 
 
-def _check_parent(session: Session, actor: Actor, task: Task, parent_id: int) -> None:
-    """The parent must be visible, in the task's project, and not the task or one of its descendants."""
-    _lock_task_graph(session, task.project_slug)
+def _check_parent(
+    session: Session, actor: Actor, task_id: int | None, project_slug: str | None, parent_id: int
+) -> None:
+    """The parent must be visible, in the task's project, and not the task (None: a new one) or one of its descendants."""
+    _lock_task_graph(session, project_slug)
     parent = get_task(session, actor, parent_id)
-    if parent.project_slug != task.project_slug:
+    if parent.project_slug != project_slug:
         raise BadRequest("A subtask must be in the same project as its parent")
-    if task.id is None:
+    if task_id is None:
         return
     ancestors = select(Task.id, Task.parent_id).where(Task.id == parent_id).cte("ancestors", recursive=True)
     ancestors = ancestors.union_all(
         select(Task.id, Task.parent_id).join(ancestors, col(Task.id) == ancestors.c.parent_id)
     )
     chain = session.exec(select(ancestors.c.id).limit(MAX_TASK_DEPTH + 1)).all()
-    if task.id in chain:
-        raise BadRequest(f"Task {parent_id} is task {task.id} or one of its subtasks: that would make a cycle")
+    if task_id in chain:
+        raise BadRequest(f"Task {parent_id} is task {task_id} or one of its subtasks: that would make a cycle")
     if len(chain) > MAX_TASK_DEPTH:
         raise BadRequest(f"Subtasks may nest at most {MAX_TASK_DEPTH} deep")
 
 
-def create_task(session: Session, actor: Actor, data: TaskCreate) -> Task:
-    task = Task(**data.model_dump(), created_by=actor.id)
-    task.updated_at = task.created_at
-    if task.project_slug is not None:
-        _check_project_for_task(session, actor, task.project_slug)
-    if task.assigned_to is not None:
-        _check_assignee(session, task.assigned_to, task.project_slug)
-    if task.parent_id is not None:
-        _check_parent(session, actor, task, task.parent_id)
-    session.add(task)
-    session.flush()
+_NEW_TASK_FIELDS = [name for name in TASK_FIELDS if name != "id"]
+# Plain parameters, no casts: PostgreSQL gives an INSERT … SELECT's literals the target columns' types.
+_NEW_TASK = sa_select(*(bindparam(name, type_=TASK_TABLE.c[name].type) for name in _NEW_TASK_FIELDS))
+# By whether the task has a project and the caller is an admin: the INSERT itself checks that
+# the project is the caller's (or, for an admin, exists), so a create is one statement.
+_INSERT_TASK = {
+    (False, admin): insert(TASK_TABLE).from_select(_NEW_TASK_FIELDS, _NEW_TASK) for admin in (False, True)
+} | {
+    (True, admin): insert(TASK_TABLE).from_select(_NEW_TASK_FIELDS, _NEW_TASK.where(exists(allowed)))
+    for admin, allowed in (
+        (
+            False,
+            select(ProjectMember.project_slug).where(
+                col(ProjectMember.project_slug) == bindparam("project_slug"), col(ProjectMember.worker_id) == _CALLER
+            ),
+        ),
+        (True, select(Project.slug).where(col(Project.slug) == bindparam("project_slug"))),
+    )
+}
+_INSERT_TASK = {key: statement.returning(TASK_TABLE.c.id) for key, statement in _INSERT_TASK.items()}
+
+
+def create_task(session: Session, actor: Actor, data: TaskCreate) -> dict[str, Any]:
+    fields = data.model_dump()
+    if data.assigned_to is not None or data.parent_id is not None:
+        # The project is checked first, so that a non-member learns nothing about who is in it.
+        if data.project_slug is not None:
+            _check_project_for_task(session, actor, data.project_slug)
+        if data.assigned_to is not None:
+            _check_assignee(session, data.assigned_to, data.project_slug)
+        if data.parent_id is not None:
+            _check_parent(session, actor, None, data.project_slug, data.parent_id)
+    now = utc_now()
+    values = fields | {
+        "status": TaskStatus.pending,
+        "progress_percent": 0,
+        "created_by": actor.id,
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+        "lease_expires_at": None,
+        "lease_seconds": None,
+    }
+    statement = _INSERT_TASK[data.project_slug is not None, actor.is_admin]
+    task_id = _core(session).execute(statement, {**values, "caller": actor.id}).scalar()
+    if task_id is None:
+        raise NotFound(f"Project '{data.project_slug}' not found")
     audit.record(
         session,
         actor,
         "task.created",
-        task_id=task.id,
-        project_slug=task.project_slug,
-        context=audit.changes({}, data.model_dump(exclude_none=True)),
+        task_id=task_id,
+        project_slug=data.project_slug,
+        context=audit.changes({}, {name: value for name, value in fields.items() if value is not None}),
     )
-    return task
+    return {name: values.get(name) for name in _READ_FIELDS} | {"id": task_id}
 
 
 def update_task(
@@ -825,10 +927,10 @@ def update_task(
     *,
     lease_seconds: int | None = None,
     if_match: str | None = None,
-) -> Task:
+) -> TaskRecord:
     task = get_task(session, actor, task_id, for_update=True)
     _check_if_match(task, if_match)
-    before = task.model_dump()
+    before = task.values()
     fields = data.model_dump(exclude_unset=True)
     target_status = fields.pop("status", task.status)
 
@@ -854,14 +956,14 @@ def update_task(
         if task.assigned_to is not None and {"assigned_to", "project_slug"} & fields.keys():
             _check_assignee(session, task.assigned_to, task.project_slug)
         if task.parent_id is not None and {"parent_id", "project_slug"} & fields.keys():
-            _check_parent(session, actor, task, task.parent_id)
+            _check_parent(session, actor, task.id, task.project_slug, task.parent_id)
         if target_status != task.status:
             if target_status == TaskStatus.in_progress and task.status == TaskStatus.pending:
                 task.lease_seconds = lease_seconds
             _transition(session, actor, task, target_status, verb="move")
     if task.assigned_to is None and task.status in {TaskStatus.in_progress, TaskStatus.review}:
         raise BadRequest(f"A task that is {task.status.value} needs an assignee; assign it first")
-    if not audit.changes(before, task.model_dump()):
+    if not audit.changes(before, task.values()):
         return task  # nothing changed: no new version, no audit row
     return _save(session, actor, task, before, "task.updated", {})
 
@@ -879,7 +981,7 @@ def delete_task(session: Session, actor: Actor, task_id: int) -> None:
     ).all()
     if dependents:
         raise BadRequest(f"Tasks {', '.join(map(str, dependents))} depend on task {task_id}; remove those first")
-    session.delete(task)
+    _core(session).execute(delete(TASK_TABLE).where(TASK_TABLE.c.id == task_id))
     gone = {"title": task.title, "status": task.status, "assigned_to": task.assigned_to}
     audit.record(
         session,
@@ -891,11 +993,11 @@ def delete_task(session: Session, actor: Actor, task_id: int) -> None:
     )
 
 
-def _has_subtasks(session: Session, task: Task) -> bool:
+def _has_subtasks(session: Session, task: TaskRecord) -> bool:
     return session.exec(select(Task.id).where(Task.parent_id == task.id).limit(1)).first() is not None
 
 
-def _has_dependencies(session: Session, task: Task) -> bool:
+def _has_dependencies(session: Session, task: TaskRecord) -> bool:
     edges = select(TaskDependency.task_id).where(
         or_(col(TaskDependency.task_id) == task.id, col(TaskDependency.depends_on_id) == task.id)
     )
@@ -907,24 +1009,33 @@ UNAUDITED_FIELDS = {"updated_at", "version", "lease_expires_at"}
 
 
 def _save(
-    session: Session, actor: Actor, task: Task, before: dict[str, Any], action: str, extra: dict[str, Any]
-) -> Task:
-    """Record an audited change of `task`: a new version, a new `updated_at`, one audit row."""
-    task.updated_at = utc_now()
+    session: Session,
+    actor: Actor,
+    task: TaskRecord,
+    before: dict[str, Any],
+    action: str,
+    extra: dict[str, Any],
+    *,
+    touch: bool = True,
+) -> TaskRecord:
+    """Record an audited change of `task`: a new version, a new `updated_at` (unless `touch` is off), one audit row."""
+    if touch:
+        task.updated_at = utc_now()
     task.version += 1
-    session.add(task)
+    _write(session, task)
     # Bookkeeping fields are left out: leases are renewed too often to be history.
-    context = audit.changes(before, task.model_dump(exclude=UNAUDITED_FIELDS)) | extra
+    after = {name: value for name, value in task.values().items() if name not in UNAUDITED_FIELDS}
+    context = audit.changes(before, after) | extra
     audit.record(session, actor, action, task_id=task.id, project_slug=task.project_slug, context=context)
     return task
 
 
-def etag(task: Task | Mapping[str, Any]) -> str:
+def etag(task: TaskRecord | Mapping[str, Any]) -> str:
     version = task["version"] if isinstance(task, Mapping) else task.version
     return f'"{version}"'
 
 
-def _check_if_match(task: Task, if_match: str | None) -> None:
+def _check_if_match(task: TaskRecord, if_match: str | None) -> None:
     """Honour `If-Match`: refuse to change a task that changed since the caller read it."""
     if if_match is None:
         return
@@ -955,7 +1066,7 @@ TRANSITIONS: dict[tuple[TaskStatus, TaskStatus], str] = {
 def _transition(
     session: Session,
     actor: Actor,
-    task: Task,
+    task: TaskRecord,
     target: TaskStatus,
     *,
     verb: str,
@@ -975,7 +1086,7 @@ def _transition(
 def _apply_transition(
     session: Session,
     actor: Actor,
-    task: Task,
+    task: TaskRecord,
     target: TaskStatus,
     *,
     verb: str,
@@ -1036,12 +1147,12 @@ def _lease_end(seconds: int) -> datetime:
     return utc_now() + timedelta(seconds=seconds)
 
 
-def _require_assignee(actor: Actor, task: Task, what: str) -> None:
+def _require_assignee(actor: Actor, task: TaskRecord, what: str) -> None:
     if task.assigned_to != actor.id and not actor.is_admin:
         raise Forbidden(f"Only the task's assignee may {what}")
 
 
-def _check_lease(session: Session, actor: Actor, task: Task) -> None:
+def _check_lease(session: Session, actor: Actor, task: TaskRecord) -> None:
     """A worker whose lease ran out hears so, rather than a generic refusal."""
     if task.assigned_to != actor.id and session.get(LostLease, (task.id, actor.id)) is not None:
         raise LeaseLost(f"Your claim on task {task.id} expired and was released; claim it again")
@@ -1058,9 +1169,9 @@ def _act(
     if_match: str | None,
     holder_only: bool = False,
     reason: str | None = None,
-) -> tuple[Task, dict[str, Any]]:
+) -> tuple[TaskRecord, dict[str, Any]]:
     task = get_task(session, actor, task_id, for_update=True)
-    before = task.model_dump()
+    before = task.values()
     if holder_only:
         _check_lease(session, actor, task)
     _check_if_match(task, if_match)
@@ -1074,7 +1185,7 @@ def _act(
 
 def start_task(
     session: Session, actor: Actor, task_id: int, *, lease_seconds: int | None = None, if_match: str | None = None
-) -> Task:
+) -> TaskRecord:
     task, before = _act(session, actor, task_id, "start", None, allowed_from=[TaskStatus.pending], if_match=if_match)
     task.lease_seconds = lease_seconds
     _transition(session, actor, task, TaskStatus.in_progress, verb="start")
@@ -1083,7 +1194,7 @@ def start_task(
 
 def update_progress(
     session: Session, actor: Actor, task_id: int, percent: int, note: str | None, *, if_match: str | None = None
-) -> Task:
+) -> TaskRecord:
     task, before = _act(
         session,
         actor,
@@ -1101,7 +1212,7 @@ def update_progress(
     return _save(session, actor, task, before, "task.progress", {"note": note} if note else {})
 
 
-def heartbeat(session: Session, actor: Actor, task_id: int, *, lease_seconds: int | None = None) -> Task:
+def heartbeat(session: Session, actor: Actor, task_id: int, *, lease_seconds: int | None = None) -> TaskRecord:
     """Renew the caller's lease. Not audited and no new version: nothing about the task changes."""
     task, _ = _act(
         session,
@@ -1118,11 +1229,11 @@ def heartbeat(session: Session, actor: Actor, task_id: int, *, lease_seconds: in
         task.lease_seconds = lease_seconds
     if task.lease_seconds:
         task.lease_expires_at = _lease_end(task.lease_seconds)
-        session.add(task)
+        _write(session, task)
     return task
 
 
-def submit_for_review(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> Task:
+def submit_for_review(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> TaskRecord:
     task, before = _act(
         session,
         actor,
@@ -1136,7 +1247,7 @@ def submit_for_review(session: Session, actor: Actor, task_id: int, *, if_match:
     return _save(session, actor, task, before, "task.review", {})
 
 
-def complete_task(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> Task:
+def complete_task(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> TaskRecord:
     task, before = _act(
         session,
         actor,
@@ -1150,7 +1261,7 @@ def complete_task(session: Session, actor: Actor, task_id: int, *, if_match: str
     return _save(session, actor, task, before, "task.completed", {})
 
 
-def block_task(session: Session, actor: Actor, task_id: int, reason: str, *, if_match: str | None = None) -> Task:
+def block_task(session: Session, actor: Actor, task_id: int, reason: str, *, if_match: str | None = None) -> TaskRecord:
     task, before = _act(
         session,
         actor,
@@ -1164,14 +1275,14 @@ def block_task(session: Session, actor: Actor, task_id: int, reason: str, *, if_
     return _save(session, actor, task, before, "task.blocked", {"reason": reason})
 
 
-def unblock_task(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> Task:
+def unblock_task(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> TaskRecord:
     task, before = _act(session, actor, task_id, "unblock", None, allowed_from=[TaskStatus.blocked], if_match=if_match)
     target = TaskStatus.in_progress if task.assigned_to else TaskStatus.pending
     _transition(session, actor, task, target, verb="unblock")
     return _save(session, actor, task, before, "task.unblocked", {})
 
 
-def release_task(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> Task:
+def release_task(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> TaskRecord:
     task, before = _act(
         session,
         actor,
@@ -1197,7 +1308,7 @@ def _unfinished_dependency(task_id: Any) -> Any:
     )
 
 
-def _unfinished_dependencies(session: Session, task: Task) -> list[int]:
+def _unfinished_dependencies(session: Session, task: TaskRecord) -> list[int]:
     return list(session.exec(_unfinished_dependency(task.id).order_by(col(TaskDependency.depends_on_id))).all())
 
 
@@ -1215,36 +1326,33 @@ def _ready(caller: Any, now: Any) -> ColumnElement[bool]:
     )
 
 
-def _has_run_out(task: Task, now: datetime) -> bool:
+def _has_run_out(task: TaskRecord, now: datetime) -> bool:
     return task.status == TaskStatus.in_progress and task.lease_expires_at is not None and task.lease_expires_at <= now
 
 
-def _expire_lease(session: Session, task: Task) -> None:
+def _expire_lease(session: Session, task: TaskRecord) -> None:
     """Hand a task whose lease ran out back: pending, unassigned, audited as the system's doing.
 
     It reads back exactly as `as_read` showed it: one version on, and `updated_at` unchanged.
     """
-    assert task.id is not None
-    before = task.model_dump()
-    last_changed_at = task.updated_at
+    before = task.values()
     if task.assigned_to is not None and session.get(LostLease, (task.id, task.assigned_to)) is None:
         session.add(LostLease(task_id=task.id, worker_id=task.assigned_to))
     task.status = TaskStatus.pending
     task.assigned_to = None
     task.lease_expires_at = None
     task.lease_seconds = None
-    _save(session, SYSTEM, task, before, "lease_expired", {})
-    task.updated_at = last_changed_at
+    _save(session, SYSTEM, task, before, "lease_expired", {}, touch=False)
 
 
 _EXPIRED_LEASES = (
-    select(Task)
+    select(*_TASK_COLUMNS)
     .where(
-        col(Task.status) == TaskStatus.in_progress,
-        col(Task.lease_expires_at).is_not(None),
-        col(Task.lease_expires_at) <= bindparam("now", type_=UTCDateTime()),
+        TASK_TABLE.c.status == TaskStatus.in_progress,
+        TASK_TABLE.c.lease_expires_at.is_not(None),
+        TASK_TABLE.c.lease_expires_at <= bindparam("now", type_=UTCDateTime()),
     )
-    .order_by(col(Task.lease_expires_at), col(Task.id))
+    .order_by(TASK_TABLE.c.lease_expires_at, TASK_TABLE.c.id)
     .limit(bindparam("limit", type_=Integer()))
     .with_for_update(skip_locked=True, key_share=True)
 )
@@ -1256,17 +1364,17 @@ def expire_leases(session: Session, *, limit: int) -> int:
     The index on `lease_expires_at` makes this cost what it finds, not the size of the table.
     SKIP LOCKED: a task being changed right now is left to the next sweep (or to that change).
     """
-    tasks = session.exec(_EXPIRED_LEASES, params={"now": utc_now(), "limit": limit}).all()
-    for task in tasks:
-        _expire_lease(session, task)
-    return len(tasks)
+    rows = _core(session).execute(_EXPIRED_LEASES, {"now": utc_now(), "limit": limit}).all()
+    for row in rows:
+        _expire_lease(session, TaskRecord.from_row(row._mapping))
+    return len(rows)
 
 
 # A claim first hands back this many leases that ran out, so they are claimable at once,
 # whether or not the sweeper has been by.
 CLAIM_SWEEP_LIMIT = 20
-_CLAIMABLE = select(
-    Task,
+_CLAIMABLE = sa_select(
+    *_TASK_COLUMNS,
     select(LostLease.task_id)
     .where(col(LostLease.task_id) == Task.id, col(LostLease.worker_id) == _CALLER)
     .exists()
@@ -1286,7 +1394,20 @@ _CLAIM_ORDER = (
 )
 
 
-def claim_task(session: Session, actor: Actor, request: ClaimRequest, *, lease_seconds: int | None) -> Task | None:
+@functools.lru_cache(maxsize=8)
+def _claim_statement(admin: bool, in_project: bool, min_priority: bool) -> Select[Any]:
+    """The pick of a claim of this shape, built once."""
+    query = _CLAIMABLE_BY[admin]
+    if in_project:
+        query = query.where(TASK_TABLE.c.project_slug == bindparam("project", type_=String()))
+    if min_priority:
+        query = query.where(TASK_TABLE.c.priority_rank >= bindparam("min_rank", type_=Integer()))
+    return query.order_by(*_CLAIM_ORDER).limit(1).with_for_update(skip_locked=True, of=TASK_TABLE, key_share=True)
+
+
+def claim_task(
+    session: Session, actor: Actor, request: ClaimRequest, *, lease_seconds: int | None
+) -> TaskRecord | None:
     """Start the best ready task for `actor`, or None when nothing is ready.
 
     On PostgreSQL the pick is `FOR UPDATE SKIP LOCKED` down the partial index of pending tasks
@@ -1294,18 +1415,18 @@ def claim_task(session: Session, actor: Actor, request: ClaimRequest, *, lease_s
     and the cost does not grow with the number of pending tasks. SQLite serializes writers instead.
     """
     expire_leases(session, limit=CLAIM_SWEEP_LIMIT)
-    query = _CLAIMABLE_BY[actor.is_admin]
+    params: dict[str, Any] = {"caller": actor.id}
     if request.project is not None:
         get_project(session, actor, request.project)
-        query = query.where(Task.project_slug == request.project)
+        params["project"] = request.project
     if request.min_priority is not None:
-        query = query.where(TASK_TABLE.c.priority_rank >= PRIORITY_RANK[request.min_priority])
-    query = query.order_by(*_CLAIM_ORDER).limit(1).with_for_update(skip_locked=True, of=Task, key_share=True)
-    picked = session.exec(query, params={"caller": actor.id}).first()
+        params["min_rank"] = PRIORITY_RANK[request.min_priority]
+    query = _claim_statement(actor.is_admin, request.project is not None, request.min_priority is not None)
+    picked = _core(session).execute(query, params).first()
     if picked is None:
         return None
-    task, had_lost_lease = picked
-    before = task.model_dump()
+    task, had_lost_lease = TaskRecord.from_row(picked._mapping), picked.lost_lease
+    before = task.values()
     task.lease_seconds = request.lease_seconds or lease_seconds
     _transition(session, actor, task, TaskStatus.in_progress, verb="claim", lost_lease=had_lost_lease)
     return _save(session, actor, task, before, "task.claimed", {})
