@@ -11,7 +11,7 @@ import base64
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -460,38 +460,18 @@ TASK_FIELDS = tuple(Task.model_fields)
 _TASK_COLUMNS = [TASK_TABLE.c[name] for name in TASK_FIELDS]
 
 
-@dataclass(eq=False)
-class TaskRecord:
+class TaskRecord(TaskRead):
     """A task as the workflow reads and changes it: plain attributes, no ORM unit of work.
 
-    `_write` sends one UPDATE of the columns that changed since it was loaded; a request that
-    changes a task pays for one statement, not for the ORM's bookkeeping.
+    `_write` sends one UPDATE of the columns that changed; a request that changes a task pays
+    for one statement, not for the ORM's bookkeeping.
     """
 
-    id: int
-    title: str
-    description: str | None
-    status: TaskStatus
-    priority: TaskPriority
-    progress_percent: int
-    assigned_to: str | None
-    project_slug: str | None
-    parent_id: int | None
-    due_date: datetime | None
-    created_by: str
-    created_at: datetime
-    updated_at: datetime
-    version: int
-    lease_expires_at: datetime | None
     lease_seconds: int | None
-    saved: dict[str, Any] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.saved = self.values()
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any] | RowMapping) -> TaskRecord:
-        return cls(*(row[name] for name in TASK_FIELDS))
+        return cls.model_construct(**{name: row[name] for name in TASK_FIELDS})
 
     def values(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in TASK_FIELDS}
@@ -506,13 +486,11 @@ def _update_task(columns: tuple[str, ...]) -> Any:
     )
 
 
-def _write(session: Session, task: TaskRecord) -> None:
-    """Send what changed in `task` since it was loaded or last written: one UPDATE, or nothing."""
-    now = task.values()
-    changed = {name: value for name, value in now.items() if value != task.saved[name]}
+def _write(session: Session, task: TaskRecord, before: dict[str, Any]) -> None:
+    """Send what changed in `task` since it was as `before` (as loaded, or last written): one UPDATE, or nothing."""
+    changed = {name: value for name, value in task.values().items() if value != before[name]}
     if changed:
         session.connection().execute(_update_task(tuple(sorted(changed))), {"task_id": task.id, **changed})
-        task.saved = now
 
 
 def _by_role_and_lock(mine: Statement, every: Statement) -> dict[tuple[bool, bool], Statement]:
@@ -1022,7 +1000,7 @@ def _save(
     if touch:
         task.updated_at = utc_now()
     task.version += 1
-    _write(session, task)
+    _write(session, task, before)
     # Bookkeeping fields are left out: leases are renewed too often to be history.
     after = {name: value for name, value in task.values().items() if name not in UNAUDITED_FIELDS}
     context = audit.changes(before, after) | extra
@@ -1214,7 +1192,7 @@ def update_progress(
 
 def heartbeat(session: Session, actor: Actor, task_id: int, *, lease_seconds: int | None = None) -> TaskRecord:
     """Renew the caller's lease. Not audited and no new version: nothing about the task changes."""
-    task, _ = _act(
+    task, before = _act(
         session,
         actor,
         task_id,
@@ -1229,7 +1207,7 @@ def heartbeat(session: Session, actor: Actor, task_id: int, *, lease_seconds: in
         task.lease_seconds = lease_seconds
     if task.lease_seconds:
         task.lease_expires_at = _lease_end(task.lease_seconds)
-        _write(session, task)
+        _write(session, task, before)
     return task
 
 
