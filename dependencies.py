@@ -23,15 +23,16 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic_core import to_json
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine.interfaces import CoreExecuteOptionsParameter
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm.session import _BindArguments
 from sqlmodel import Session
 from starlette.responses import Response as StarletteResponse
 
 import idempotency
 import services
 from auth import InvalidToken, JWKSVerifier, KeySetUnavailable, Principal
-from database import read_only
 from errors import ServiceUnavailable, Unauthorized
 from models import MAX_ID, MAX_LEASE_SECONDS, MAX_OFFSET, SLUG_PATTERN, WORKER_ID_PATTERN
 
@@ -63,9 +64,9 @@ def _verify(verifier: JWKSVerifier, token: str) -> Principal:
         raise ServiceUnavailable(str(exc)) from None
 
 
-async def get_principal(
+async def get_current_user(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
-) -> Principal:
+) -> services.Actor:
     if credentials is None:
         raise Unauthorized("Missing bearer token: send 'Authorization: Bearer <JWT>'")
     verifier: JWKSVerifier = request.app.state.verifier
@@ -74,7 +75,10 @@ async def get_principal(
     principal = verifier.cached(credentials.credentials)
     if principal is None:
         principal = await run_in_threadpool(_verify, verifier, credentials.credentials)
-    return principal
+    return services.actor_for(principal)
+
+
+CurrentUser = Annotated[services.Actor, Depends(get_current_user)]
 
 
 class KnownWorkers:
@@ -99,13 +103,6 @@ class KnownWorkers:
                 self._ids.popitem(last=False)
 
 
-async def get_current_user(principal: Annotated[Principal, Depends(get_principal)]) -> services.Actor:
-    return services.actor_for(principal)
-
-
-CurrentUser = Annotated[services.Actor, Depends(get_current_user)]
-
-
 # ---------------------------------------------------------------- the request's session
 
 
@@ -116,23 +113,49 @@ class RequestSession(Session):
     response is serialized, so a failed commit is an error response, never a 2xx for nothing.
     """
 
-    def __init__(self, engine: Engine, principal: Principal, known_workers: KnownWorkers) -> None:
+    def __init__(self, engine: Engine, actor: services.Actor, known_workers: KnownWorkers) -> None:
         super().__init__(engine, expire_on_commit=False)
-        self.principal = principal
+        self.actor = actor
         self.known_workers = known_workers
         # A caller seen for the first time gets its worker row in the same transaction.
-        self.register = principal.id not in known_workers
+        self.register = actor.id not in known_workers
+        self.read_only = False
         self.idempotency_key: str | None = None
         self.fingerprint: str | None = None
         self.pending: idempotency.Pending | None = None
         self.committing = False
+        self._connection: Connection | None = None
+
+    def connection(
+        self, bind_arguments: _BindArguments | None = None, execution_options: CoreExecuteOptionsParameter | None = None
+    ) -> Connection:
+        # Services ask for the connection once per statement; within one transaction it is always
+        # the same, and asking the ORM for it again costs more than most statements.
+        if bind_arguments is not None or execution_options is not None:
+            return super().connection(bind_arguments, execution_options)
+        if self._connection is None:
+            self._connection = super().connection()
+        return self._connection
+
+    def commit(self) -> None:
+        self._connection = None
+        super().commit()
+
+    def rollback(self) -> None:
+        self._connection = None
+        super().rollback()
+
+    def close(self) -> None:
+        self._connection = None
+        super().close()
 
 
-async def get_session(request: Request, principal: Annotated[Principal, Depends(get_principal)]) -> RequestSession:
-    engine = get_engine(request)
-    session = RequestSession(engine, principal, request.app.state.known_workers)
+async def get_session(request: Request, user: CurrentUser) -> RequestSession:
+    state = request.app.state
+    session = RequestSession(state.engine, user, state.known_workers)
     if request.method in READ_METHODS and not session.register:
-        session.bind = read_only(engine)
+        session.bind = state.read_engine
+        session.read_only = True
     return session
 
 
@@ -238,21 +261,23 @@ class TaskFlowRoute(APIRoute):
         session.pending = None
         try:
             if session.register:
-                services.register_human(session, session.principal)
+                services.register_human(session, session.actor)
             if session.idempotency_key is not None and session.fingerprint is not None:
                 session.pending = idempotency.begin(
-                    session, session.principal.id, session.idempotency_key, session.fingerprint
+                    session, session.actor.id, session.idempotency_key, session.fingerprint
                 )
             response = self._render(endpoint(**values), values)
             if session.pending is not None:
                 session.pending.save(response.status_code, bytes(response.body), dict(response.headers))
             session.committing = True
-            session.commit()
+            # A read has no transaction to end (PostgreSQL) or only a read lock (SQLite): closing is enough.
+            if not session.read_only:
+                session.commit()
         except BaseException:
             session.rollback()
             raise
         if session.register:
-            session.known_workers.add(session.principal.id)
+            session.known_workers.add(session.actor.id)
             session.register = False
         return response
 

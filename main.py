@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -32,7 +32,7 @@ import swagger_ui
 from audit import current_request_id
 from auth import JWKSVerifier
 from config import VERSION, Settings, load_settings
-from database import check_connection, create_db_engine, migrate
+from database import check_connection, create_db_engine, migrate, read_only
 from dependencies import (
     CurrentUser,
     DefaultLease,
@@ -571,7 +571,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
@@ -660,6 +660,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.auto_migrate:
                 migrate(engine)
             app.state.engine = engine
+            app.state.read_engine = read_only(engine)
             app.state.verifier = verifier
             app.state.known_workers = KnownWorkers()
             if settings.lease_sweep_seconds:

@@ -11,7 +11,7 @@ import base64
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -101,6 +101,8 @@ class Actor:
 
     id: str
     role: str = "user"
+    # How the caller's token names them: the name of their worker row when first seen.
+    name: str | None = field(default=None, compare=False)
 
     @property
     def is_admin(self) -> bool:
@@ -200,21 +202,21 @@ def _is_task_owner(session: Session, actor: Actor, task: TaskRecord) -> bool:
 def actor_for(principal: Principal) -> Actor:
     if principal.id == SYSTEM.id:
         raise Unauthorized(f"'{SYSTEM.id}' is reserved for TaskFlow itself")
-    return Actor(id=principal.id, role=principal.role)
-
-
-def register_human(session: Session, principal: Principal) -> None:
-    """Give a caller seen for the first time its worker row, as a human, named from its token."""
     name = (principal.name or principal.email or principal.id)[:200]
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return Actor(id=principal.id, role=principal.role, name=name)
+
+
+def register_human(session: Session, actor: Actor) -> None:
+    """Give a caller seen for the first time its worker row, as a human, named from its token."""
+    name = actor.name or actor.id
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     # Two first requests at once must not collide on the primary key.
     result = session.execute(
-        insert(Worker)
-        .values(id=principal.id, type=WorkerType.human, name=name, created_at=utc_now())
+        dialect.insert(Worker)
+        .values(id=actor.id, type=WorkerType.human, name=name, created_at=utc_now())
         .on_conflict_do_nothing(index_elements=["id"])
     )
     if result.rowcount == 1:  # type: ignore[attr-defined]
-        actor = actor_for(principal)
         audit.record(session, actor, "worker.registered", context={"type": [None, "human"], "name": [None, name]})
 
 
