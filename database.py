@@ -55,9 +55,10 @@ def create_db_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10, po
         # out at the back of the queue instead of all being kept barely alive.
         pool_use_lifo=True,
     )
-    event.listen(engine, "begin", _read_only_on_begin)
+    event.listen(engine, "begin", _autocommit_for_reads)
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _ping_if_idle)
+    _no_empty_commits(engine)
     return engine
 
 
@@ -72,16 +73,32 @@ def read_only(engine: Engine) -> Engine:
     return engine.execution_options(taskflow_read_only=True)
 
 
-def _read_only_on_begin(connection: Any) -> None:
-    if connection.get_execution_options().get("taskflow_read_only"):
-        # psycopg2 sends its BEGIN with the first statement, which has not been sent yet.
-        connection.connection.dbapi_connection.autocommit = True
+def _autocommit_for_reads(connection: Any) -> None:
+    """Reads run in autocommit mode, writes in a transaction; psycopg2 sends its BEGIN with the
+    first statement, which has not been sent yet. The mode is switched only when it differs:
+    switching costs no round trip, but psycopg2 lets go of the GIL for it, and under load every
+    such release hands the GIL to another thread and waits to get it back."""
+    dbapi_connection = connection.connection.dbapi_connection
+    read_only = bool(connection.get_execution_options().get("taskflow_read_only"))
+    if dbapi_connection.autocommit != read_only:
+        dbapi_connection.autocommit = read_only
 
 
-def _note_checkin(dbapi_connection: Any, record: Any) -> None:
-    if dbapi_connection is not None:
-        # A read's connection goes back to writing transactions (client-side; no round trip).
-        dbapi_connection.autocommit = False
+def _no_empty_commits(engine: Engine) -> None:
+    """Skip the driver's commit and rollback on an autocommit connection: there is nothing to end,
+    and psycopg2 would still let go of the GIL for it (see `_autocommit_for_reads`)."""
+    dialect = engine.dialect
+    for name in ("do_commit", "do_rollback"):
+        end = getattr(dialect, name)
+
+        def unless_autocommit(dbapi_connection: Any, end: Any = end) -> None:
+            if not dbapi_connection.autocommit:
+                end(dbapi_connection)
+
+        setattr(dialect, name, unless_autocommit)
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
     record.info["checked_in_at"] = time.monotonic()
 
 
