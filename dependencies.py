@@ -156,6 +156,12 @@ async def get_session(request: Request, user: CurrentUser) -> RequestSession:
     if request.method in READ_METHODS and not session.register:
         session.bind = state.read_engine
         session.read_only = True
+    elif request.method == "POST" and (key := request.headers.get("idempotency-key")) is not None:
+        # Read here, before the route's thread starts its transaction: a slow client holds no
+        # database lock. A malformed key is refused by `check_idempotency_key` before the route runs.
+        body = await request.body()
+        session.idempotency_key = key
+        session.fingerprint = idempotency.fingerprint(request.method, request.url.path, request.url.query, body)
     return session
 
 
@@ -190,11 +196,10 @@ LeaseSeconds = Annotated[
 
 
 async def check_idempotency_key(
-    request: Request,
-    session: SessionDep,
-    idempotency_key: Annotated[
+    _idempotency_key: Annotated[
         str | None,
         Header(
+            alias="Idempotency-Key",
             min_length=1,
             max_length=255,
             pattern=r"^[\x21-\x7e]+$",
@@ -202,12 +207,11 @@ async def check_idempotency_key(
         ),
     ] = None,
 ) -> None:
-    if idempotency_key is None:
-        return
-    # Read here, before the route's thread starts its transaction: a slow client holds no database lock.
-    body = await request.body()
-    session.idempotency_key = idempotency_key
-    session.fingerprint = idempotency.fingerprint(request.method, request.url.path, request.url.query, body)
+    """Declare and check the header on every POST; `get_session` acts on it.
+
+    A leaf of the dependency tree on purpose: FastAPI solves a dependency's whole subtree again
+    each time it is named, even when its value is cached.
+    """
 
 
 # ---------------------------------------------------------------- the route class

@@ -204,70 +204,9 @@ def get_task(task_id: TaskId, response: Response, session: SessionDep, user: Cur
     return tagged(response, services.read_task(session, user, task_id))
 
 
-@api.patch("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"], responses=RULE_ERRORS)
-def update_task(
-    task_id: TaskId,
-    data: TaskUpdate,
-    response: Response,
-    session: SessionDep,
-    user: CurrentUser,
-    default_lease: DefaultLease,
-    if_match: IfMatch = None,
-) -> dict[str, Any]:
-    """Change the fields sent; a `status` change follows the same state machine as the actions."""
-    task = services.update_task(session, user, task_id, data, lease_seconds=default_lease, if_match=if_match)
-    return tagged(response, task)
-
-
-@api.delete("/tasks/{task_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["tasks"], responses=RULE_ERRORS)
-def delete_task(task_id: TaskId, session: SessionDep, user: CurrentUser) -> None:
-    """Delete a task that has no subtasks and that no task depends on (its creator, a project owner or an admin)."""
-    services.delete_task(session, user, task_id)
-
-
-@api.get("/tasks/{task_id}/audit", response_model=list[AuditRead], tags=["audit"], description=COUNT_DESCRIPTION)
-def task_history(
-    task_id: TaskId,
-    page: Annotated[IdPage, Query()],
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    user: CurrentUser,
-) -> list[Any]:
-    """A task's audit trail, oldest first, one page at a time."""
-    return counted(request, response, services.task_history(session, user, task_id, page))
-
-
-@api.get("/tasks/{task_id}/dependencies", response_model=list[TaskRead], tags=["dependencies"])
-def list_dependencies(task_id: TaskId, session: SessionDep, user: CurrentUser) -> list[dict[str, Any]]:
-    """The tasks this task waits for."""
-    return services.list_dependencies(session, user, task_id)
-
-
-@api.post(
-    "/tasks/{task_id}/dependencies",
-    response_model=TaskRead,
-    status_code=status.HTTP_201_CREATED,
-    tags=["dependencies"],
-    responses=RULE_ERRORS,
-)
-def add_dependency(task_id: TaskId, data: DependencyCreate, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
-    """Make this task wait for another task of the same project; answers the task waited for."""
-    return services.add_dependency(session, user, task_id, data)
-
-
-@api.delete(
-    "/tasks/{task_id}/dependencies/{other_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    tags=["dependencies"],
-    responses=RULE_ERRORS,
-)
-def remove_dependency(task_id: TaskId, other_id: OtherTaskId, session: SessionDep, user: CurrentUser) -> None:
-    """Stop this task waiting for another."""
-    services.remove_dependency(session, user, task_id, other_id)
-
-
 # ---------------------------------------------------------------- the workflow
+# Declared right after the task reads they act on: a request's route is found by trying the
+# routes in order, so the busiest come first.
 
 
 @api.post("/tasks/{task_id}/start", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
@@ -350,6 +289,72 @@ def release_task(
 ) -> dict[str, Any]:
     """Hand a task you are working on back: pending and unassigned, for someone else to claim."""
     return tagged(response, services.release_task(session, user, task_id, if_match=if_match))
+
+
+# ---------------------------------------------------------------- tasks: changes, history, dependencies
+
+
+@api.patch("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"], responses=RULE_ERRORS)
+def update_task(
+    task_id: TaskId,
+    data: TaskUpdate,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    default_lease: DefaultLease,
+    if_match: IfMatch = None,
+) -> dict[str, Any]:
+    """Change the fields sent; a `status` change follows the same state machine as the actions."""
+    task = services.update_task(session, user, task_id, data, lease_seconds=default_lease, if_match=if_match)
+    return tagged(response, task)
+
+
+@api.delete("/tasks/{task_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["tasks"], responses=RULE_ERRORS)
+def delete_task(task_id: TaskId, session: SessionDep, user: CurrentUser) -> None:
+    """Delete a task that has no subtasks and that no task depends on (its creator, a project owner or an admin)."""
+    services.delete_task(session, user, task_id)
+
+
+@api.get("/tasks/{task_id}/audit", response_model=list[AuditRead], tags=["audit"], description=COUNT_DESCRIPTION)
+def task_history(
+    task_id: TaskId,
+    page: Annotated[IdPage, Query()],
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+) -> list[Any]:
+    """A task's audit trail, oldest first, one page at a time."""
+    return counted(request, response, services.task_history(session, user, task_id, page))
+
+
+@api.get("/tasks/{task_id}/dependencies", response_model=list[TaskRead], tags=["dependencies"])
+def list_dependencies(task_id: TaskId, session: SessionDep, user: CurrentUser) -> list[dict[str, Any]]:
+    """The tasks this task waits for."""
+    return services.list_dependencies(session, user, task_id)
+
+
+@api.post(
+    "/tasks/{task_id}/dependencies",
+    response_model=TaskRead,
+    status_code=status.HTTP_201_CREATED,
+    tags=["dependencies"],
+    responses=RULE_ERRORS,
+)
+def add_dependency(task_id: TaskId, data: DependencyCreate, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+    """Make this task wait for another task of the same project; answers the task waited for."""
+    return services.add_dependency(session, user, task_id, data)
+
+
+@api.delete(
+    "/tasks/{task_id}/dependencies/{other_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["dependencies"],
+    responses=RULE_ERRORS,
+)
+def remove_dependency(task_id: TaskId, other_id: OtherTaskId, session: SessionDep, user: CurrentUser) -> None:
+    """Stop this task waiting for another."""
+    services.remove_dependency(session, user, task_id, other_id)
 
 
 # ---------------------------------------------------------------- projects
@@ -683,10 +688,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         swagger_ui_parameters={"persistAuthorization": True},
     )
-    swagger_ui.install_docs(app)
     app.state.settings = settings
+    app.include_router(api)  # the API first: a request is matched against the routes in order
     app.include_router(public)
-    app.include_router(api)
+    swagger_ui.install_docs(app)
     app.add_exception_handler(TaskFlowError, handle_taskflow_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
