@@ -8,11 +8,12 @@ Nothing here updates or deletes audit rows.
 from __future__ import annotations
 
 import enum
+import functools
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import String, bindparam, insert
+from sqlalchemy import Executable, String, bindparam, insert, literal, null
 from sqlmodel import Session, select
 
 from models import AuditLog, Worker, WorkerType, utc_now
@@ -61,6 +62,20 @@ _INSERT_AS_WORKER = insert(_AUDIT).values(
 _INSERT_AS_SYSTEM = insert(_AUDIT).values(actor_type=WorkerType.system, owner_id=None)
 
 
+def _values(
+    actor: Actor, action: str, task_id: int | None, project_slug: str | None, context: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "project_slug": project_slug,
+        "actor_id": actor.id,
+        "action": action,
+        "context": {key: json_value(value) for key, value in (context or {}).items()},
+        "request_id": current_request_id.get(),
+        "timestamp": utc_now(),
+    }
+
+
 def record(
     session: Session,
     actor: Actor,
@@ -70,17 +85,55 @@ def record(
     project_slug: str | None = None,
     context: dict[str, Any] | None = None,
 ) -> None:
-    values = {
-        "task_id": task_id,
-        "project_slug": project_slug,
-        "actor_id": actor.id,
-        "action": action,
-        "context": {key: json_value(value) for key, value in (context or {}).items()},
-        "request_id": current_request_id.get(),
-        "timestamp": utc_now(),
-    }
+    values = _values(actor, action, task_id, project_slug, context)
     # Straight to the connection: the statement is plain Core, and the session's ORM layer adds nothing.
     if actor.id == SYSTEM_ID:
         session.connection().execute(_INSERT_AS_SYSTEM, values)
     else:
         session.connection().execute(_INSERT_AS_WORKER, {**values, "audit_actor": actor.id})
+
+
+def record_change(
+    session: Session,
+    actor: Actor,
+    action: str,
+    change: Executable,
+    change_params: dict[str, Any],
+    *,
+    project_slug: str | None,
+    context: dict[str, Any],
+) -> int | None:
+    """Run `change`, an INSERT or UPDATE of one task `RETURNING` its id, and record it; the id, or None
+    when it wrote no row (and then nothing is recorded).
+
+    On PostgreSQL the two are one statement (the change as a CTE): one round trip, not two.
+    """
+    values = _values(actor, action, None, project_slug, context)
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        params = {f"audit_{name}": value for name, value in values.items()} | {"audit_actor": actor.id}
+        statement = _record_change(change, actor.id == SYSTEM_ID)
+        written: int | None = connection.execute(statement, {**change_params, **params}).scalar()
+        return written
+    written = connection.execute(change, change_params).scalar()
+    if written is not None:
+        record(session, actor, action, task_id=written, project_slug=project_slug, context=context)
+    return written
+
+
+@functools.lru_cache(maxsize=256)
+def _record_change(change: Executable, system: bool) -> Executable:
+    """`INSERT INTO audit_log … SELECT … FROM (change)`: the audit row in the change's own statement."""
+    done = change.cte("change")  # type: ignore[attr-defined]
+    row: dict[str, Any] = {"task_id": done.c.id}
+    for name in ("project_slug", "actor_id", "action", "context", "request_id", "timestamp"):
+        row[name] = bindparam(f"audit_{name}", type_=_AUDIT.c[name].type)
+    if system:
+        row |= {"actor_type": literal(WorkerType.system.value), "owner_id": null()}
+    else:
+        row |= {
+            "actor_type": select(_WORKER.c.type).where(_WORKER.c.id == _AS_WORKER).scalar_subquery(),
+            "owner_id": select(_WORKER.c.owner_id).where(_WORKER.c.id == _AS_WORKER).scalar_subquery(),
+        }
+    rows = select(*row.values()).select_from(done)
+    return insert(_AUDIT).from_select(list(row), rows).returning(_AUDIT.c.task_id)

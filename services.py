@@ -485,14 +485,23 @@ def _update_task(columns: tuple[str, ...]) -> Any:
         TASK_TABLE.update()
         .where(TASK_TABLE.c.id == bindparam("task_id", type_=Integer()))
         .values({name: bindparam(name, type_=TASK_TABLE.c[name].type) for name in columns})
+        .returning(TASK_TABLE.c.id)
     )
 
 
-def _write(session: Session, task: TaskRecord, before: dict[str, Any]) -> None:
-    """Send what changed in `task` since it was as `before` (as loaded, or last written): one UPDATE, or nothing."""
+def _changes(task: TaskRecord, before: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+    """The UPDATE of what changed in `task` since it was as `before` (as loaded), and its parameters."""
     changed = {name: value for name, value in task.values().items() if value != before[name]}
-    if changed:
-        session.connection().execute(_update_task(tuple(sorted(changed))), {"task_id": task.id, **changed})
+    if not changed:
+        return None
+    return _update_task(tuple(sorted(changed))), {"task_id": task.id, **changed}
+
+
+def _write(session: Session, task: TaskRecord, before: dict[str, Any]) -> None:
+    """Send what changed in `task` since it was as `before`: one UPDATE, or nothing."""
+    update = _changes(task, before)
+    if update is not None:
+        session.connection().execute(*update)
 
 
 def _by_role_and_lock(mine: Statement, every: Statement) -> dict[tuple[bool, bool], Statement]:
@@ -884,18 +893,19 @@ def create_task(session: Session, actor: Actor, data: TaskCreate) -> dict[str, A
         "lease_expires_at": None,
         "lease_seconds": None,
     }
-    statement = _INSERT_TASK[data.project_slug is not None, actor.is_admin]
-    task_id = _core(session).execute(statement, {**values, "caller": actor.id}).scalar()
-    if task_id is None:
-        raise NotFound(f"Project '{data.project_slug}' not found")
-    audit.record(
+    context = audit.changes({}, {name: value for name, value in fields.items() if value is not None})
+    session.flush()
+    task_id = audit.record_change(
         session,
         actor,
         "task.created",
-        task_id=task_id,
+        _INSERT_TASK[data.project_slug is not None, actor.is_admin],
+        {**values, "caller": actor.id},
         project_slug=data.project_slug,
-        context=audit.changes({}, {name: value for name, value in fields.items() if value is not None}),
+        context=context,
     )
+    if task_id is None:
+        raise NotFound(f"Project '{data.project_slug}' not found")
     return {name: values.get(name) for name in _READ_FIELDS} | {"id": task_id}
 
 
@@ -1002,11 +1012,12 @@ def _save(
     if touch:
         task.updated_at = utc_now()
     task.version += 1
-    _write(session, task, before)
+    update = _changes(task, before)
+    assert update is not None  # the version changed
     # Bookkeeping fields are left out: leases are renewed too often to be history.
     after = {name: value for name, value in task.values().items() if name not in UNAUDITED_FIELDS}
     context = audit.changes(before, after) | extra
-    audit.record(session, actor, action, task_id=task.id, project_slug=task.project_slug, context=context)
+    audit.record_change(session, actor, action, *update, project_slug=task.project_slug, context=context)
     return task
 
 

@@ -447,7 +447,7 @@ def test_a_duplicate_arriving_while_the_first_still_runs_returns_409(
     lock = threading.Lock()
 
     def hold_the_first_audit_insert(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if not statement.startswith("INSERT INTO audit_log"):
+        if "INSERT INTO audit_log" not in statement:
             return
         with lock:
             if held.is_set():

@@ -38,12 +38,15 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 @contextmanager
-def failing_statements(engine: Engine, prefix: str) -> Iterator[list[str]]:
-    """Make every SQL statement starting with `prefix` fail; yields the statements that were refused."""
+def failing_statements(engine: Engine, fragment: str) -> Iterator[list[str]]:
+    """Make every SQL statement that contains `fragment` fail; yields the statements that were refused.
+
+    Contains, not starts with: on PostgreSQL a change and its audit row are one statement.
+    """
     refused: list[str] = []
 
     def fail(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith(prefix.upper()):
+        if fragment.upper() in statement.upper():
             refused.append(statement)
             raise InjectedFault(FAULT_MESSAGE)
 
