@@ -14,7 +14,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, exc, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
@@ -62,15 +62,16 @@ def create_db_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10, po
     return engine
 
 
-def read_only(engine: Engine) -> Engine:
-    """The same pool, for requests that only read: no transaction on PostgreSQL, a shared lock on SQLite.
+def mark_read_only(connection: Connection) -> None:
+    """Mark a connection, before its transaction begins, as one that only reads: no transaction on
+    PostgreSQL, a shared lock on SQLite.
 
     Each statement of a read then sees committed data as of its own start, and a read never
     takes a row lock or holds a snapshot open. On PostgreSQL this also saves the BEGIN and
     COMMIT round trips. (SQLAlchemy's AUTOCOMMIT isolation level would cost a round trip of its
     own to reset each connection on its way back to the pool; psycopg2's flag costs none.)
     """
-    return engine.execution_options(taskflow_read_only=True)
+    connection.execution_options(taskflow_read_only=True)
 
 
 def _autocommit_for_reads(connection: Any) -> None:

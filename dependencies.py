@@ -33,6 +33,7 @@ from starlette.responses import Response as StarletteResponse
 import idempotency
 import services
 from auth import InvalidToken, JWKSVerifier, KeySetUnavailable, Principal
+from database import mark_read_only
 from errors import ServiceUnavailable, Unauthorized
 from models import MAX_ID, MAX_LEASE_SECONDS, MAX_OFFSET, SLUG_PATTERN, WORKER_ID_PATTERN
 
@@ -107,56 +108,77 @@ class KnownWorkers:
 
 
 class RequestSession(Session):
-    """The request's one session and transaction, and what must happen in it before the route runs.
+    """The request's one connection and transaction, and what must happen in it before the route runs.
 
-    It connects on first use, inside the route's thread. `TaskFlowRoute` commits it after the
-    response is serialized, so a failed commit is an error response, never a 2xx for nothing.
+    `TaskFlowRoute` opens it in the route's thread (`begin`) and commits it after the response
+    is serialized, so a failed commit is an error response, never a 2xx for nothing. Services
+    that use Core statements get the connection itself; ORM queries join its transaction, and
+    the session's flushes go into it (the ORM never commits: `join_transaction_mode`).
     """
 
-    def __init__(self, engine: Engine, actor: services.Actor, known_workers: KnownWorkers) -> None:
-        super().__init__(engine, expire_on_commit=False)
-        self.actor = actor
+    def __init__(self, engine: Engine, reading: bool, known_workers: KnownWorkers) -> None:
+        super().__init__(expire_on_commit=False, join_transaction_mode="rollback_only")
+        self.engine = engine
+        self.reading = reading
         self.known_workers = known_workers
-        # A caller seen for the first time gets its worker row in the same transaction.
-        self.register = actor.id not in known_workers
-        self.read_only = False
+        self.actor = services.SYSTEM
+        self.register = False
         self.idempotency_key: str | None = None
         self.fingerprint: str | None = None
         self.pending: idempotency.Pending | None = None
         self.committing = False
         self._connection: Connection | None = None
 
+    @property
+    def read_only(self) -> bool:
+        # A first request of a caller writes their worker row, whatever its method.
+        return self.reading and not self.register
+
+    def begin_for(self, actor: services.Actor) -> None:
+        """Open the request's connection and transaction for `actor`: autocommit for a read."""
+        self.actor = actor
+        # A caller seen for the first time gets its worker row in the same transaction.
+        self.register = actor.id not in self.known_workers
+        connection = self.engine.connect()
+        if self.read_only:
+            mark_read_only(connection)
+        connection.begin()
+        self._connection = connection
+        self.bind = connection
+
     def connection(
         self, bind_arguments: _BindArguments | None = None, execution_options: CoreExecuteOptionsParameter | None = None
     ) -> Connection:
-        # Services ask for the connection once per statement; within one transaction it is always
-        # the same, and asking the ORM for it again costs more than most statements.
-        if bind_arguments is not None or execution_options is not None:
+        # Asking the ORM for the connection it was bound to would cost more than most statements.
+        if self._connection is None or bind_arguments is not None or execution_options is not None:
             return super().connection(bind_arguments, execution_options)
-        if self._connection is None:
-            self._connection = super().connection()
         return self._connection
 
-    def commit(self) -> None:
-        self._connection = None
-        super().commit()
-
-    def rollback(self) -> None:
-        self._connection = None
-        super().rollback()
+    def finish(self) -> None:
+        """Flush what the ORM holds and commit; a read (autocommit, or SQLite's read lock) just ends."""
+        assert self._connection is not None
+        if not self.read_only:
+            self.flush()
+        self._connection.commit()
 
     def close(self) -> None:
-        self._connection = None
-        super().close()
+        connection, self._connection = self._connection, None
+        try:
+            super().close()
+        finally:
+            if connection is not None:
+                connection.close()  # an open transaction is rolled back
 
 
-async def get_session(request: Request, user: CurrentUser) -> RequestSession:
+async def get_session(request: Request) -> RequestSession:
+    """The request's session; the caller is `CurrentUser`, which `TaskFlowRoute` hands it.
+
+    A leaf of the dependency tree on purpose: FastAPI solves a dependency's whole subtree again
+    each time it is named, even when its value is cached, and routes name the caller anyway.
+    """
     state = request.app.state
-    session = RequestSession(state.engine, user, state.known_workers)
-    if request.method in READ_METHODS and not session.register:
-        session.bind = state.read_engine
-        session.read_only = True
-    elif request.method == "POST" and (key := request.headers.get("idempotency-key")) is not None:
+    session = RequestSession(state.engine, request.method in READ_METHODS, state.known_workers)
+    if request.method == "POST" and (key := request.headers.get("idempotency-key")) is not None:
         # Read here, before the route's thread starts its transaction: a slow client holds no
         # database lock. A malformed key is refused by `check_idempotency_key` before the route runs.
         body = await request.body()
@@ -207,11 +229,7 @@ async def check_idempotency_key(
         ),
     ] = None,
 ) -> None:
-    """Declare and check the header on every POST; `get_session` acts on it.
-
-    A leaf of the dependency tree on purpose: FastAPI solves a dependency's whole subtree again
-    each time it is named, even when its value is cached.
-    """
+    """Declare and check the header on every POST; `get_session` acts on it (a leaf, as it explains)."""
 
 
 # ---------------------------------------------------------------- the route class
@@ -247,16 +265,20 @@ class TaskFlowRoute(APIRoute):
         session = next((value for value in values.values() if isinstance(value, RequestSession)), None)
         if session is None:
             return self._render(endpoint(**values), values)
+        actor = next((value for value in values.values() if isinstance(value, services.Actor)), None)
+        if actor is None:
+            raise TypeError(f"{endpoint.__name__} takes a session but not the caller (CurrentUser)")
         with session:
             try:
+                session.begin_for(actor)
                 response = self._attempt(session, endpoint, values)
             except DBAPIError as error:
                 # A connection the server closed since its last use fails on its first statement;
                 # SQLAlchemy has already replaced it. Nothing was committed, so run once more.
                 if not error.connection_invalidated or session.committing:
                     raise
-                session.rollback()
-                session.expunge_all()
+                session.close()
+                session.begin_for(actor)
                 response = self._attempt(session, endpoint, values)
             return response
 
@@ -274,11 +296,9 @@ class TaskFlowRoute(APIRoute):
             if session.pending is not None:
                 session.pending.save(response.status_code, bytes(response.body), dict(response.headers))
             session.committing = True
-            # A read has no transaction to end (PostgreSQL) or only a read lock (SQLite): closing is enough.
-            if not session.read_only:
-                session.commit()
+            session.finish()
         except BaseException:
-            session.rollback()
+            session.close()
             raise
         if session.register:
             session.known_workers.add(session.actor.id)

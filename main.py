@@ -32,7 +32,7 @@ import swagger_ui
 from audit import current_request_id
 from auth import JWKSVerifier
 from config import VERSION, Settings, load_settings
-from database import check_connection, create_db_engine, migrate, read_only
+from database import check_connection, create_db_engine, migrate
 from dependencies import (
     CurrentUser,
     DefaultLease,
@@ -665,7 +665,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.auto_migrate:
                 migrate(engine)
             app.state.engine = engine
-            app.state.read_engine = read_only(engine)
             app.state.verifier = verifier
             app.state.known_workers = KnownWorkers()
             if settings.lease_sweep_seconds:
