@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Enum,
     Integer,
     Select,
     String,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     or_,
     true,
     tuple_,
+    type_coerce,
     union_all,
 )
 from sqlalchemy import select as sa_select
@@ -441,7 +443,12 @@ _SORT_COLUMNS: dict[str, Any] = {
 # What a read fetches: the columns of TaskRead, as plain rows rather than ORM objects. The
 # statements are built once, with the caller as a parameter: building one costs more than running it.
 _READ_FIELDS = list(TaskRead.model_fields)
-_READ_COLUMNS = [TASK_TABLE.c[name] for name in _READ_FIELDS]
+# Status and priority are read as the strings they are stored as: JSON needs nothing more, and
+# making each an enum member would cost more than the query on a page of fifty.
+_READ_COLUMNS = [
+    type_coerce(column, String()).label(column.name) if isinstance(column.type, Enum) else column
+    for column in (TASK_TABLE.c[name] for name in _READ_FIELDS)
+]
 _CALLER = bindparam("caller", type_=String())
 _VISIBLE_TO_CALLER = or_(
     TASK_TABLE.c.project_slug.in_(
@@ -533,7 +540,7 @@ def _task_order(sort: TaskSort, columns: Any = TASK_TABLE.c) -> list[Any]:
     return [primary, columns["id"].desc() if descending else columns["id"].asc()]
 
 
-def _sort_value(sort: TaskSort, row: RowMapping) -> Any:
+def _sort_value(sort: TaskSort, row: Mapping[str, Any]) -> Any:
     key = sort.value.lstrip("-")
     if key == "priority":
         return PRIORITY_RANK[TaskPriority(row["priority"])]
@@ -541,7 +548,7 @@ def _sort_value(sort: TaskSort, row: RowMapping) -> Any:
     return None if value is None else value.isoformat()
 
 
-def _task_cursor(sort: TaskSort, row: RowMapping) -> str:
+def _task_cursor(sort: TaskSort, row: Mapping[str, Any]) -> str:
     """An opaque `after=` value: the sort key and the last row's place in that order."""
     payload = json.dumps([sort.value, _sort_value(sort, row), row["id"]], separators=(",", ":"))
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
@@ -620,10 +627,13 @@ def as_read(task: Mapping[str, Any] | RowMapping | TaskRecord, now: datetime) ->
     The sweeper (or the next write to the task) makes it so in the database, with the same
     version, so an ETag read here is the one a later If-Match is checked against. `updated_at`
     stays the time of the last change a worker made, so the `updated_at` order does not move.
-    Plain values, not a model: the route's response model validates them once.
+    Plain values, not a model: the route's response model validates them once. A dict is
+    updated in place (a page's rows are made for this); anything else is copied.
     """
     if isinstance(task, TaskRecord):
         read = {name: getattr(task, name) for name in _READ_FIELDS}
+    elif isinstance(task, dict):
+        read = task
     else:
         read = dict(task)
     lease_end = read["lease_expires_at"]
@@ -657,11 +667,11 @@ def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> Page:
     }
     connection = _core(session)
     counted: int = connection.execute(count, params).scalar_one()
-    rows = [row._mapping for row in connection.execute(page, params)]
+    rows = [as_read(dict(zip(_READ_FIELDS, row, strict=True)), now) for row in connection.execute(page, params)]
     more = len(rows) > filters.limit
     rows = rows[: filters.limit]
     cursor = _task_cursor(filters.sort, rows[-1]) if more else None
-    return Page([as_read(row, now) for row in rows], min(counted, COUNT_CAP), counted <= COUNT_CAP, cursor)
+    return Page(rows, min(counted, COUNT_CAP), counted <= COUNT_CAP, cursor)
 
 
 _NOW = bindparam("now", type_=UTCDateTime())
@@ -1361,15 +1371,26 @@ def expire_leases(session: Session, *, limit: int) -> int:
     return len(rows)
 
 
-# A claim first hands back this many leases that ran out, so they are claimable at once,
+# A claim that finds leases run out hands back this many first, so they are claimable at once,
 # whether or not the sweeper has been by.
 CLAIM_SWEEP_LIMIT = 20
+_EXPIRED = TASK_TABLE.alias("expired")
 _CLAIMABLE = sa_select(
     *_TASK_COLUMNS,
     select(LostLease.task_id)
     .where(col(LostLease.task_id) == Task.id, col(LostLease.worker_id) == _CALLER)
     .exists()
     .label("lost_lease"),
+    # Whether any lease has run out: then the pick is made again once they are handed back. Asked
+    # here rather than by a statement of its own, since it is almost always no.
+    sa_select(_EXPIRED.c.id)
+    .where(
+        _EXPIRED.c.status == TaskStatus.in_progress,
+        _EXPIRED.c.lease_expires_at.is_not(None),
+        _EXPIRED.c.lease_expires_at <= _NOW,
+    )
+    .exists()
+    .label("leases_ran_out"),
 ).where(
     col(Task.status) == TaskStatus.pending,
     or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == _CALLER),
@@ -1405,15 +1426,18 @@ def claim_task(
     in claim order: concurrent claimers each lock a different row and never see one another's,
     and the cost does not grow with the number of pending tasks. SQLite serializes writers instead.
     """
-    expire_leases(session, limit=CLAIM_SWEEP_LIMIT)
-    params: dict[str, Any] = {"caller": actor.id}
+    params: dict[str, Any] = {"caller": actor.id, "now": utc_now()}
     if request.project is not None:
         get_project(session, actor, request.project)
         params["project"] = request.project
     if request.min_priority is not None:
         params["min_rank"] = PRIORITY_RANK[request.min_priority]
     query = _claim_statement(actor.is_admin, request.project is not None, request.min_priority is not None)
-    picked = _core(session).execute(query, params).first()
+    connection = _core(session)
+    picked = connection.execute(query, params).first()
+    if (picked is None or picked.leases_ran_out) and expire_leases(session, limit=CLAIM_SWEEP_LIMIT):
+        # Work whose lease ran out is claimable at once, whether or not the sweeper has been by.
+        picked = _core(session).execute(query, params).first()
     if picked is None:
         return None
     task, had_lost_lease = TaskRecord.from_row(picked._mapping), picked.lost_lease
