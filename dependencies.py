@@ -110,7 +110,7 @@ class KnownWorkers:
 class RequestSession(Session):
     """The request's one connection and transaction, and what must happen in it before the route runs.
 
-    `TaskFlowRoute` opens it in the route's thread (`begin`) and commits it after the response
+    `TaskFlowRoute` opens it in the route's thread (`begin_for`) and commits it after the response
     is serialized, so a failed commit is an error response, never a 2xx for nothing. Services
     that use Core statements get the connection itself; ORM queries join its transaction, and
     the session's flushes go into it (the ORM never commits: `join_transaction_mode`).

@@ -863,23 +863,26 @@ def _check_parent(
 _NEW_TASK_FIELDS = [name for name in TASK_FIELDS if name != "id"]
 # Plain parameters, no casts: PostgreSQL gives an INSERT … SELECT's literals the target columns' types.
 _NEW_TASK = sa_select(*(bindparam(name, type_=TASK_TABLE.c[name].type) for name in _NEW_TASK_FIELDS))
+
+
+def _insert_task(allowed: Select[Any] | SelectOfScalar[Any] | None) -> Any:
+    rows = _NEW_TASK if allowed is None else _NEW_TASK.where(exists(allowed))
+    return insert(TASK_TABLE).from_select(_NEW_TASK_FIELDS, rows).returning(TASK_TABLE.c.id)
+
+
+_TASKS_PROJECT = bindparam("project_slug", type_=String())
 # By whether the task has a project and the caller is an admin: the INSERT itself checks that
 # the project is the caller's (or, for an admin, exists), so a create is one statement.
 _INSERT_TASK = {
-    (False, admin): insert(TASK_TABLE).from_select(_NEW_TASK_FIELDS, _NEW_TASK) for admin in (False, True)
-} | {
-    (True, admin): insert(TASK_TABLE).from_select(_NEW_TASK_FIELDS, _NEW_TASK.where(exists(allowed)))
-    for admin, allowed in (
-        (
-            False,
-            select(ProjectMember.project_slug).where(
-                col(ProjectMember.project_slug) == bindparam("project_slug"), col(ProjectMember.worker_id) == _CALLER
-            ),
-        ),
-        (True, select(Project.slug).where(col(Project.slug) == bindparam("project_slug"))),
-    )
+    (False, False): _insert_task(None),
+    (False, True): _insert_task(None),
+    (True, False): _insert_task(
+        select(ProjectMember.project_slug).where(
+            col(ProjectMember.project_slug) == _TASKS_PROJECT, col(ProjectMember.worker_id) == _CALLER
+        )
+    ),
+    (True, True): _insert_task(select(Project.slug).where(col(Project.slug) == _TASKS_PROJECT)),
 }
-_INSERT_TASK = {key: statement.returning(TASK_TABLE.c.id) for key, statement in _INSERT_TASK.items()}
 
 
 def create_task(session: Session, actor: Actor, data: TaskCreate) -> dict[str, Any]:
@@ -904,7 +907,6 @@ def create_task(session: Session, actor: Actor, data: TaskCreate) -> dict[str, A
         "lease_seconds": None,
     }
     context = audit.changes({}, {name: value for name, value in fields.items() if value is not None})
-    session.flush()
     task_id = audit.record_change(
         session,
         actor,
