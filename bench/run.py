@@ -1313,7 +1313,7 @@ class Bench:
         }
         if statements is not None:
             entry["statements"] = len(statements)
-            writes = any(s.lstrip().split(None, 1)[0].upper() in {"INSERT", "UPDATE", "DELETE"} for s, _ in statements)
+            writes = any(_writes(statement) for statement, _ in statements)
             entry["writes"] = writes
             entry["estimate"] = len(statements) + (2 if writes else 0)
             entry["sql"] = [" ".join(s.split())[:300] for s, _ in statements]
@@ -1578,6 +1578,13 @@ class Bench:
             "lean_list": [self._plan(statements.list[False], list_params)],
             "lean_claim": [self._plan(statements.claim[False], claim_params)],
         }
+
+
+def _writes(statement: str) -> bool:
+    """Whether a statement changes rows: a plain INSERT, UPDATE or DELETE, or one in a CTE (`WITH change AS (UPDATE …)`)."""
+    words = statement.upper().split()
+    dml = {"INSERT", "UPDATE", "DELETE"}
+    return bool(words) and (words[0] in dml or (words[0] == "WITH" and bool(dml & set(words))))
 
 
 def _capped(args: Sequence[str], threads: int, requests: int) -> bool:
