@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Executable, String, bindparam, insert, literal, null
+from sqlalchemy import Connection, Executable, String, bindparam, insert, literal, null
 from sqlmodel import Session, select
 
 from models import AuditLog, Worker, WorkerType, utc_now
@@ -85,12 +85,15 @@ def record(
     project_slug: str | None = None,
     context: dict[str, Any] | None = None,
 ) -> None:
-    values = _values(actor, action, task_id, project_slug, context)
+    _insert(session.connection(), actor, _values(actor, action, task_id, project_slug, context))
+
+
+def _insert(connection: Connection, actor: Actor, values: dict[str, Any]) -> None:
     # Straight to the connection: the statement is plain Core, and the session's ORM layer adds nothing.
     if actor.id == SYSTEM_ID:
-        session.connection().execute(_INSERT_AS_SYSTEM, values)
+        connection.execute(_INSERT_AS_SYSTEM, values)
     else:
-        session.connection().execute(_INSERT_AS_WORKER, {**values, "audit_actor": actor.id})
+        connection.execute(_INSERT_AS_WORKER, {**values, "audit_actor": actor.id})
 
 
 def record_change(
@@ -117,7 +120,7 @@ def record_change(
         return written
     written = connection.execute(change, change_params).scalar()
     if written is not None:
-        record(session, actor, action, task_id=written, project_slug=project_slug, context=context)
+        _insert(connection, actor, values | {"task_id": written})
     return written
 
 
