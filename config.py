@@ -5,12 +5,24 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from limits import parse_many
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 VERSION = "0.1.0"
+
+
+def _rate_limit(value: str) -> str:
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a rate limit such as '600/minute' or '10/second;600/minute'") from None
+    return value
+
+
+RateLimit = Annotated[str, AfterValidator(_rate_limit)]
 
 
 def _http_url(value: str, name: str) -> str:
@@ -30,6 +42,17 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1, le=1000)
     # Beyond the pool, for the lease sweeper and the readiness check.
     db_max_overflow: int = Field(default=5, ge=0)
+    # Requests a worker lets wait for one of its DB_POOL_SIZE threads; more are answered 503 at
+    # once (a load balancer can send them elsewhere) rather than queue without bound. 0: no cap.
+    max_queued_requests: int = Field(default=200, ge=0)
+    # Seconds a request waits for a connection before it is answered 503.
+    db_pool_timeout: float = Field(default=5.0, gt=0, le=300)
+    # Seconds, on TaskFlow's own PostgreSQL connections; 0 turns one off. No legitimate request
+    # comes near them: they end a stuck lock or a runaway query with a clear 503 instead of a
+    # request that hangs holding a connection. SQLite waits DB_LOCK_TIMEOUT for its write lock.
+    db_statement_timeout: float = Field(default=30.0, ge=0, le=3600)
+    db_lock_timeout: float = Field(default=10.0, ge=0, le=3600)
+    db_idle_in_transaction_timeout: float = Field(default=60.0, ge=0, le=3600)
     auto_migrate: bool = True
 
     auth_server_url: str = "http://localhost:3001"
@@ -49,12 +72,46 @@ class Settings(BaseSettings):
     dev_key_file: str = ".taskflow-dev-key.pem"
 
     allowed_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
+
+    # A request body larger than this is refused with 413 before or while it is read.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
+
+    # Requests per caller (worker id), e.g. "600/minute" or "10/second;600/minute"; unset: no limit.
+    rate_limit_read: RateLimit | None = None
+    rate_limit_write: RateLimit | None = None
+    # memory:// keeps each process's own count; redis://host:6379 shares one budget across
+    # workers and instances.
+    rate_limit_storage: str = "memory://"
+
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
+    # text for people, json (one object per line) for a log pipeline.
+    log_format: Literal["text", "json"] = "text"
+    # Prometheus metrics at /metrics; never expose it publicly.
+    metrics: bool = True
+    # Traces go to this OTLP/HTTP collector (e.g. http://localhost:4318); empty: no tracing.
+    otel_exporter_otlp_endpoint: str = ""
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _rate_limit_storage(cls, value: str) -> str:
+        if urlsplit(value).scheme not in {"memory", "redis", "rediss", "redis+unix"}:
+            raise ValueError(f"RATE_LIMIT_STORAGE must be memory:// or redis://…, got {value!r}")
+        return value
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _otel_endpoint(cls, value: str) -> str:
+        return value and _http_url(value, "OTEL_EXPORTER_OTLP_ENDPOINT")
 
     @field_validator("database_url")
     @classmethod

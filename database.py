@@ -5,10 +5,12 @@ Nothing here is built at import time: `main` creates the engine when the app sta
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,28 +40,122 @@ PING_AFTER_IDLE_SECONDS = 30.0
 RECYCLE_SECONDS = 1800
 
 
-def create_db_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 30) -> Engine:
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds; 0 turns one off. PostgreSQL enforces all three; SQLite waits `lock` for its write lock."""
+
+    statement: float = 0
+    lock: float = 30
+    idle_in_transaction: float = 0
+
+
+def create_db_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    pool_timeout: float = 30,
+    timeouts: Timeouts = Timeouts(),
+) -> Engine:
     url = normalize_database_url(url)
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     if make_url(url).get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_on_connect)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeouts.lock}, **pool)
+        event.listen(engine, "connect", functools.partial(_sqlite_on_connect, busy_ms=round(timeouts.lock * 1000)))
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     engine = create_engine(
         url,
-        pool_size=pool_size,
-        max_overflow=max_overflow,
-        pool_timeout=pool_timeout,
+        **pool,
         pool_recycle=RECYCLE_SECONDS,
         # Checked-in connections are reused most recently used first, so the idle ones age
         # out at the back of the queue instead of all being kept barely alive.
         pool_use_lifo=True,
     )
+    settings = {
+        "statement_timeout": timeouts.statement,
+        "lock_timeout": timeouts.lock,
+        "idle_in_transaction_session_timeout": timeouts.idle_in_transaction,
+    }
+    # One round trip per new connection, not per request; a SET works through poolers such as
+    # Neon's, which refuse settings in the connection's startup options.
+    set_timeouts = "; ".join(f"SET {name} = {round(seconds * 1000)}" for name, seconds in settings.items())
+    event.listen(engine, "connect", functools.partial(_postgresql_on_connect, set_timeouts))
     event.listen(engine, "begin", _autocommit_for_reads)
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _ping_if_idle)
     _no_empty_commits(engine)
     return engine
+
+
+def _postgresql_on_connect(set_timeouts: str, dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(set_timeouts)
+    finally:
+        cursor.close()
+    dbapi_connection.commit()
+
+
+@dataclass(frozen=True)
+class Outage:
+    """Why the database could not serve a request: `reason` is one of a few words (a metric label)."""
+
+    reason: str  # pool_timeout, connection, timeout, busy
+    detail: str
+
+
+# SQLSTATEs, by prefix, that mean the database cannot serve the request now rather than that the
+# statement is wrong: connection exceptions and operator intervention (the server shutting
+# down); statement_timeout, lock_timeout and idle_in_transaction_session_timeout; insufficient
+# resources (too many connections), serialization failures and deadlocks, which succeed when run again.
+_SQLSTATE_REASONS = (
+    ("08", "connection"),
+    ("57P", "connection"),
+    ("57014", "timeout"),
+    ("55P03", "timeout"),
+    ("25P03", "timeout"),
+    ("53", "busy"),
+    ("40001", "busy"),
+    ("40P01", "busy"),
+)
+# SQLite's primary result codes of the kind: BUSY and LOCKED; IOERR, FULL and CANTOPEN.
+_SQLITE_REASONS = {5: "busy", 6: "busy", 10: "connection", 13: "connection", 14: "connection"}
+
+
+def outage(error: BaseException) -> Outage | None:
+    """The outage or overload `error` reports, or None when it reports a bug.
+
+    Waiting too long for a pooled connection, a connection refused or lost, and a statement ended
+    by a server-side timeout or a lock conflict are all answered 503: the client should retry
+    later. A malformed statement or a missing table is a bug (500).
+    """
+    if isinstance(error, exc.TimeoutError):
+        return Outage("pool_timeout", "no pooled connection became free within DB_POOL_TIMEOUT")
+    if isinstance(error, exc.DisconnectionError):
+        return Outage("connection", _first_line(error))
+    if not isinstance(error, exc.DBAPIError):
+        return None
+    cause = error.orig
+    if error.connection_invalidated or isinstance(error, exc.InterfaceError):
+        return Outage("connection", _first_line(cause))
+    if not isinstance(error, exc.OperationalError):
+        return None
+    sqlite_code = getattr(cause, "sqlite_errorcode", None)
+    if sqlite_code is not None:
+        reason = _SQLITE_REASONS.get(sqlite_code & 0xFF)
+        return None if reason is None else Outage(reason, _first_line(cause))
+    sqlstate = getattr(cause, "pgcode", None)
+    if sqlstate is None:
+        # psycopg2 has no SQLSTATE when no server answered: refused, closed, unresolvable.
+        return Outage("connection", _first_line(cause))
+    reason = next((reason for prefix, reason in _SQLSTATE_REASONS if sqlstate.startswith(prefix)), None)
+    return None if reason is None else Outage(reason, f"{sqlstate}: {_first_line(cause)}")
+
+
+def _first_line(error: BaseException | None) -> str:
+    text_ = str(error).strip()
+    return text_.splitlines()[0] if text_ else type(error).__name__
 
 
 def mark_read_only(connection: Connection) -> None:
@@ -119,13 +215,13 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         raise exc.DisconnectionError("an idle connection was closed by the server") from error
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any, *, busy_ms: int) -> None:
     # Let SQLAlchemy's "begin" event issue BEGIN itself instead of pysqlite's implicit one.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
     cursor.close()
 
 
@@ -191,6 +287,8 @@ def migrate(engine: Engine) -> None:
         try:
             with connection.begin():
                 if not sqlite:
+                    # A migration may rightly run long, and wait for another process's migration.
+                    connection.exec_driver_sql("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
                     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
@@ -202,5 +300,14 @@ def migrate(engine: Engine) -> None:
 
 
 def check_connection(engine: Engine) -> None:
-    with engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
+    """Run `SELECT 1` as a read (it never waits behind a writer), once more on a fresh connection if
+    the server had closed the pooled one."""
+    for attempt in (1, 2):
+        try:
+            with engine.connect() as connection:
+                mark_read_only(connection)
+                connection.execute(text("SELECT 1"))
+            return
+        except exc.DBAPIError as error:
+            if attempt == 2 or not error.connection_invalidated:
+                raise

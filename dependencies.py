@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Annotated, Any
 
+from anyio.to_thread import current_default_thread_limiter
 from fastapi import Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
@@ -32,10 +33,12 @@ from starlette.responses import Response as StarletteResponse
 
 import idempotency
 import services
+import telemetry
 from auth import InvalidToken, JWKSVerifier, KeySetUnavailable, Principal
 from database import mark_read_only
-from errors import ServiceUnavailable, Unauthorized
+from errors import ServiceUnavailable, TaskFlowError, Unauthorized
 from models import MAX_ID, MAX_LEASE_SECONDS, MAX_OFFSET, SLUG_PATTERN, WORKER_ID_PATTERN
+from ratelimit import RateLimiter
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 # Worker ids known to have a row. Workers are never deleted, so an id only ever leaves by eviction.
@@ -76,32 +79,41 @@ async def get_current_user(
     principal = verifier.cached(credentials.credentials)
     if principal is None:
         principal = await run_in_threadpool(_verify, verifier, credentials.credentials)
-    return services.actor_for(principal)
+    actor = services.actor_for(principal)
+    request.scope["state"]["actor"] = actor  # for the request log
+    return actor
 
 
 CurrentUser = Annotated[services.Actor, Depends(get_current_user)]
 
 
 class KnownWorkers:
-    """The ids whose worker row exists, so a request need not read it: bounded, most recent kept."""
+    """The ids whose worker row exists, so a request need not read it: bounded, most recent kept.
+
+    With each id its type as this process last read it, for the request log (an admin's change of
+    a worker's type reaches it when the id is next read); audit rows read the type afresh.
+    """
 
     def __init__(self, size: int = KNOWN_WORKERS_SIZE) -> None:
         self.size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._types: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
 
     def __contains__(self, worker_id: object) -> bool:
         with self._lock:
-            if worker_id not in self._ids:
+            if worker_id not in self._types:
                 return False
-            self._ids.move_to_end(worker_id)  # type: ignore[arg-type]
+            self._types.move_to_end(worker_id)  # type: ignore[arg-type]
             return True
 
-    def add(self, worker_id: str) -> None:
+    def type_of(self, worker_id: str) -> str | None:
+        return self._types.get(worker_id)
+
+    def add(self, worker_id: str, worker_type: str) -> None:
         with self._lock:
-            self._ids[worker_id] = None
-            if len(self._ids) > self.size:
-                self._ids.popitem(last=False)
+            self._types[worker_id] = worker_type
+            if len(self._types) > self.size:
+                self._types.popitem(last=False)
 
 
 # ---------------------------------------------------------------- the request's session
@@ -116,11 +128,14 @@ class RequestSession(Session):
     the session's flushes go into it (the ORM never commits: `join_transaction_mode`).
     """
 
-    def __init__(self, engine: Engine, reading: bool, known_workers: KnownWorkers) -> None:
+    def __init__(
+        self, engine: Engine, reading: bool, known_workers: KnownWorkers, rate_limiter: RateLimiter | None = None
+    ) -> None:
         super().__init__(expire_on_commit=False, join_transaction_mode="rollback_only")
         self.engine = engine
         self.reading = reading
         self.known_workers = known_workers
+        self.rate_limiter = rate_limiter
         self.actor = services.SYSTEM
         self.register = False
         self.idempotency_key: str | None = None
@@ -139,7 +154,8 @@ class RequestSession(Session):
         self.actor = actor
         # A caller seen for the first time gets its worker row in the same transaction.
         self.register = actor.id not in self.known_workers
-        connection = self.engine.connect()
+        with telemetry.waiting_for_connection():
+            connection = self.engine.connect()
         if self.read_only:
             mark_read_only(connection)
         connection.begin()
@@ -177,7 +193,10 @@ async def get_session(request: Request) -> RequestSession:
     each time it is named, even when its value is cached, and routes name the caller anyway.
     """
     state = request.app.state
-    session = RequestSession(state.engine, request.method in READ_METHODS, state.known_workers)
+    queue_cap = state.settings.max_queued_requests
+    if queue_cap and current_default_thread_limiter().statistics().tasks_waiting >= queue_cap:
+        raise ServiceUnavailable("Too many requests are waiting to run; retry shortly", headers={"Retry-After": "1"})
+    session = RequestSession(state.engine, request.method in READ_METHODS, state.known_workers, state.rate_limiter)
     if request.method == "POST" and (key := request.headers.get("idempotency-key")) is not None:
         # Read here, before the route's thread starts its transaction: a slow client holds no
         # database lock. A malformed key is refused by `check_idempotency_key` before the route runs.
@@ -268,6 +287,9 @@ class TaskFlowRoute(APIRoute):
         actor = next((value for value in values.values() if isinstance(value, services.Actor)), None)
         if actor is None:
             raise TypeError(f"{endpoint.__name__} takes a session but not the caller (CurrentUser)")
+        limits = (
+            {} if session.rate_limiter is None else session.rate_limiter.check(actor.id, writing=not session.reading)
+        )
         with session:
             try:
                 session.begin_for(actor)
@@ -280,14 +302,20 @@ class TaskFlowRoute(APIRoute):
                 session.close()
                 session.begin_for(actor)
                 response = self._attempt(session, endpoint, values)
-            return response
+            except TaskFlowError as error:
+                # A refusal counted against the budget too: say so.
+                error.headers = {**(error.headers or {}), **limits} if limits else error.headers
+                raise
+        response.headers.update(limits)
+        return response
 
     def _attempt(self, session: RequestSession, endpoint: Callable[..., Any], values: dict[str, Any]) -> Response:
         session.committing = False
         session.pending = None
+        worker_type = None
         try:
             if session.register:
-                services.register_human(session, session.actor)
+                worker_type = services.register_human(session, session.actor)
             if session.idempotency_key is not None and session.fingerprint is not None:
                 session.pending = idempotency.begin(
                     session, session.actor.id, session.idempotency_key, session.fingerprint
@@ -300,8 +328,8 @@ class TaskFlowRoute(APIRoute):
         except BaseException:
             session.close()
             raise
-        if session.register:
-            session.known_workers.add(session.actor.id)
+        if worker_type is not None:
+            session.known_workers.add(session.actor.id, worker_type)
             session.register = False
         return response
 

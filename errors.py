@@ -14,9 +14,11 @@ class TaskFlowError(Exception):
     code: ClassVar[str] = "bad_request"
     headers: dict[str, str] | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if headers is not None:
+            self.headers = {**(self.headers or {}), **headers}
 
 
 class BadRequest(TaskFlowError):
@@ -64,12 +66,25 @@ class PreconditionFailed(TaskFlowError):
     status_code, code = 412, "precondition_failed"
 
 
+class PayloadTooLarge(TaskFlowError):
+    status_code, code = 413, "payload_too_large"
+
+
 class IdempotencyKeyReused(TaskFlowError):
     status_code, code = 422, "idempotency_key_reused"
 
 
+class RateLimited(TaskFlowError):
+    status_code, code = 429, "rate_limited"
+
+
+# Seconds a client is told to wait when the database or the signing keys are away.
+RETRY_AFTER_SECONDS = 5
+
+
 class ServiceUnavailable(TaskFlowError):
     status_code, code = 503, "service_unavailable"
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 # Every code a client can meet, for the README and the OpenAPI description.
@@ -85,8 +100,11 @@ ERROR_CODES: dict[str, str] = {
     "lease_lost": "409: your claim on the task expired and it was handed back; claim it again",
     "idempotency_in_progress": "409: a request with this Idempotency-Key is still running; retry shortly",
     "precondition_failed": "412: the task changed since you read it (If-Match no longer matches its ETag)",
+    "payload_too_large": "413: the request body is larger than the server accepts (MAX_BODY_BYTES)",
     "idempotency_key_reused": "422: this Idempotency-Key was already used with a different request",
     "validation_error": "422: the body, a path or a query parameter is malformed; `detail` lists the field errors",
+    "rate_limited": "429: you sent more requests than your rate limit allows; wait `Retry-After` seconds",
+    "headers_too_large": "431: the request headers are larger than the server accepts (32 KiB in all)",
     "internal_error": "500: a bug; the response carries the `request_id` to quote",
-    "service_unavailable": "503: the database or the signing keys cannot be reached right now",
+    "service_unavailable": "503: the database is unreachable or overloaded, the signing keys cannot be fetched, or the server is shutting down; retry after `Retry-After` seconds",
 }

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import re
-from collections.abc import AsyncIterator
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -20,7 +25,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,10 +34,12 @@ import devtoken
 import idempotency
 import services
 import swagger_ui
+import telemetry
 from audit import current_request_id
 from auth import JWKSVerifier
+from body_limit import BodyLimitMiddleware
 from config import VERSION, Settings, load_settings
-from database import check_connection, create_db_engine, migrate
+from database import Outage, Timeouts, check_connection, create_db_engine, migrate, outage
 from dependencies import (
     CurrentUser,
     DefaultLease,
@@ -79,10 +86,13 @@ from models import (
     WorkerUpdate,
     utc_now,
 )
+from ratelimit import RateLimiter
 from sweeper import LeaseSweeper
 
 logger = logging.getLogger("taskflow")
 GC_YOUNG_THRESHOLD = 20_000
+# A database outage is logged at most this often per cause, with the count of requests it failed.
+OUTAGE_LOG_SECONDS = 10.0
 
 DESCRIPTION = (
     "Task management where humans and AI agents work the same board. Every change is "
@@ -97,19 +107,42 @@ def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorBody, "description": description}
 
 
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
+# What any route may answer, whatever it does.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: _error("The request body is larger than MAX_BODY_BYTES"),
+    431: _error("The request headers are larger than 32 KiB in all"),
+    500: _error("A bug: quote the `request_id`"),
+    503: {
+        **_error(
+            "The database is unreachable or overloaded, the signing keys cannot be fetched, or the server is draining"
+        ),
+        "headers": RETRY_AFTER,
+    },
+}
 API_ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("Missing or invalid token"),
     404: _error("Not found, or not yours to see"),
     422: _error("Malformed request: `detail` lists the field errors"),
-    503: _error("Signing keys or the database are unavailable"),
+    429: {
+        **_error("Over your rate limit (RATE_LIMIT_READ or RATE_LIMIT_WRITE)"),
+        "headers": {
+            **RETRY_AFTER,
+            "RateLimit": {"description": "The limit closest to running out", "schema": {"type": "string"}},
+            "RateLimit-Policy": {"description": "Your limits", "schema": {"type": "string"}},
+        },
+    },
+    **COMMON_ERRORS,
 }
 RULE_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("The request breaks a rule, or the workflow forbids this transition"),
     403: _error("Visible to you, but this action is reserved"),
     409: _error("Collides with existing state"),
 }
+# The routes that take If-Match.
+GUARDED_ERRORS = {**RULE_ERRORS, 412: _error("The task changed since you read it: If-Match no longer matches")}
 
-public = APIRouter(route_class=TaskFlowRoute)
+public = APIRouter(responses=COMMON_ERRORS, route_class=TaskFlowRoute)
 api = APIRouter(prefix="/api", responses=API_ERRORS, route_class=TaskFlowRoute)
 
 
@@ -129,11 +162,17 @@ def health() -> Health:
     responses={503: _error("The database cannot be reached")},
 )
 def database_health(request: Request) -> DatabaseHealth:
-    """Readiness: the database answers. Needs no token."""
+    """Readiness: the database answers, and the process is not shutting down. Needs no token."""
+    if request.app.state.draining:
+        raise ServiceUnavailable("Shutting down")
     try:
         check_connection(get_engine(request))
-    except Exception:
-        logger.exception("Database health check failed")
+    except Exception as error:
+        found = outage(error)
+        if found is None:
+            logger.exception("The readiness check failed")
+        else:
+            request.app.state.outage_log.log(found)
         raise ServiceUnavailable("Database unavailable") from None
     return DatabaseHealth(database="connected")
 
@@ -171,7 +210,13 @@ def create_task(data: TaskCreate, response: Response, session: SessionDep, user:
     return tagged(response, services.create_task(session, user, data))
 
 
-@api.get("/tasks", response_model=list[TaskRead], tags=["tasks"], description=COUNT_DESCRIPTION)
+@api.get(
+    "/tasks",
+    response_model=list[TaskRead],
+    tags=["tasks"],
+    description=COUNT_DESCRIPTION,
+    responses={400: _error("An `after` cursor that is malformed or for another sort")},
+)
 def list_tasks(
     filters: Annotated[TaskQuery, Query()], request: Request, response: Response, session: SessionDep, user: CurrentUser
 ) -> list[Any]:
@@ -194,6 +239,7 @@ def claim_task(
 ) -> Any:
     """Start the best task that is ready for you (priority, then due date, then age); 204 if there is none."""
     task = services.claim_task(session, user, request or ClaimRequest(), lease_seconds=default_lease)
+    telemetry.count_claim(task is not None)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return tagged(response, task)
@@ -210,7 +256,7 @@ def get_task(task_id: TaskId, response: Response, session: SessionDep, user: Cur
 # routes in order, so the busiest come first.
 
 
-@api.post("/tasks/{task_id}/start", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+@api.post("/tasks/{task_id}/start", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)
 def start_task(
     task_id: TaskId,
     response: Response,
@@ -233,7 +279,7 @@ def heartbeat(
     return tagged(response, services.heartbeat(session, user, task_id, lease_seconds=lease_seconds))
 
 
-@api.post("/tasks/{task_id}/progress", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+@api.post("/tasks/{task_id}/progress", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)
 def update_progress(
     task_id: TaskId,
     response: Response,
@@ -247,7 +293,7 @@ def update_progress(
     return tagged(response, services.update_progress(session, user, task_id, percent, note, if_match=if_match))
 
 
-@api.post("/tasks/{task_id}/review", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+@api.post("/tasks/{task_id}/review", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)
 def submit_for_review(
     task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
 ) -> dict[str, Any]:
@@ -255,7 +301,7 @@ def submit_for_review(
     return tagged(response, services.submit_for_review(session, user, task_id, if_match=if_match))
 
 
-@api.post("/tasks/{task_id}/complete", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+@api.post("/tasks/{task_id}/complete", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)
 def complete_task(
     task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
 ) -> dict[str, Any]:
@@ -263,7 +309,7 @@ def complete_task(
     return tagged(response, services.complete_task(session, user, task_id, if_match=if_match))
 
 
-@api.post("/tasks/{task_id}/block", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+@api.post("/tasks/{task_id}/block", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)
 def block_task(
     task_id: TaskId,
     response: Response,
@@ -276,7 +322,7 @@ def block_task(
     return tagged(response, services.block_task(session, user, task_id, reason, if_match=if_match))
 
 
-@api.post("/tasks/{task_id}/unblock", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+@api.post("/tasks/{task_id}/unblock", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)
 def unblock_task(
     task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
 ) -> dict[str, Any]:
@@ -284,7 +330,7 @@ def unblock_task(
     return tagged(response, services.unblock_task(session, user, task_id, if_match=if_match))
 
 
-@api.post("/tasks/{task_id}/release", response_model=TaskRead, tags=["workflow"], responses=RULE_ERRORS)
+@api.post("/tasks/{task_id}/release", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)
 def release_task(
     task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
 ) -> dict[str, Any]:
@@ -295,7 +341,7 @@ def release_task(
 # ---------------------------------------------------------------- tasks: changes, history, dependencies
 
 
-@api.patch("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"], responses=RULE_ERRORS)
+@api.patch("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"], responses=GUARDED_ERRORS)
 def update_task(
     task_id: TaskId,
     data: TaskUpdate,
@@ -497,20 +543,22 @@ def list_audit(
 
 
 # ---------------------------------------------------------------- errors
+# The handlers are async: Starlette runs a plain `def` handler in the thread pool, so an error
+# answer would wait for a request thread, behind the very load that may have caused it.
 
 
 def _envelope(status_code: int, code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": message, "status_code": status_code, "code": code, **extra}
 
 
-def handle_taskflow_error(_request: Request, exc: Exception) -> JSONResponse:
+async def handle_taskflow_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TaskFlowError)
     return JSONResponse(
         _envelope(exc.status_code, exc.code, exc.message), status_code=exc.status_code, headers=exc.headers
     )
 
 
-def handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     detail = [
         {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
@@ -522,32 +570,73 @@ def handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_envelope(422, "validation_error", message, detail=detail), status_code=422)
 
 
-HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+HTTP_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
 
 
-def handle_http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def handle_http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
     message = exc.detail if isinstance(exc.detail, str) else "Request failed"
     return JSONResponse(_envelope(exc.status_code, code, message), status_code=exc.status_code, headers=exc.headers)
 
 
-def handle_replay(_request: Request, exc: Exception) -> Response:
+async def handle_replay(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, idempotency.Replay)
     headers = {**exc.headers, "Idempotent-Replayed": "true"}
     return Response(content=exc.body, status_code=exc.status_code, headers=headers)
 
 
-def handle_integrity_error(_request: Request, _exc: Exception) -> JSONResponse:
+async def handle_integrity_error(_request: Request, _exc: Exception) -> JSONResponse:
     # Rules are checked before writing; a constraint that still fails lost a race with a
     # concurrent request (a parent or project deleted meanwhile, say). Nothing was saved.
     message = "The request conflicts with a change made at the same time; read the current state and retry"
     return JSONResponse(_envelope(409, "conflict", message), status_code=409)
 
 
-def handle_data_error(_request: Request, _exc: Exception) -> JSONResponse:
+async def handle_data_error(_request: Request, _exc: Exception) -> JSONResponse:
     # A value the database refused (out of range, malformed): the client's fault, and no data is saved.
     return JSONResponse(_envelope(400, "bad_request", "A value was refused by the database"), status_code=400)
+
+
+class OutageLog:
+    """Log a database outage or overload with its cause once per reason and interval, not once per
+    request: an outage under load would otherwise write a line (or a traceback) per request."""
+
+    def __init__(self, interval: float = OUTAGE_LOG_SECONDS) -> None:
+        self.interval = interval
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def log(self, outage: Outage) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._logged_at.get(outage.reason, -math.inf) < self.interval:
+                self._unlogged[outage.reason] = self._unlogged.get(outage.reason, 0) + 1
+                return
+            self._logged_at[outage.reason] = now
+            unlogged = self._unlogged.pop(outage.reason, 0)
+        more = f" (and {unlogged} more since the last such line)" if unlogged else ""
+        logger.warning("Database unavailable (%s), answering 503: %s%s", outage.reason, outage.detail, more)
+
+
+async def handle_database_error(request: Request, exc: Exception) -> JSONResponse:
+    """An outage or overload is a 503 the client should retry; anything else is a bug."""
+    found = outage(exc)
+    if found is None:
+        return handle_unexpected_error(request, exc)
+    telemetry.count_unavailable(found.reason)
+    request.app.state.outage_log.log(found)
+    error = ServiceUnavailable("The database is unavailable or overloaded; retry later")
+    return JSONResponse(
+        _envelope(error.status_code, error.code, error.message), status_code=error.status_code, headers=error.headers
+    )
 
 
 def handle_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -642,26 +731,61 @@ def build_verifier(settings: Settings) -> JWKSVerifier:
     )
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("taskflow").setLevel(level)
-    # SQL statements only at DEBUG.
-    logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
+def drain_on_signals(app: FastAPI) -> Callable[[], None]:
+    """Mark the app as draining as soon as the server is told to stop, so that readiness answers 503.
+
+    uvicorn's own handlers stay in charge (they stop accepting and let in-flight requests finish,
+    for up to --timeout-graceful-shutdown seconds); this runs first and hands over to them. Only
+    the main thread may set handlers: an app served from another thread (tests) is left alone.
+    Returns what puts the previous handlers back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous: dict[int, Any] = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def mark_draining(signum: int, frame: FrameType | None) -> None:
+        app.state.draining = True
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+        else:  # nobody else handles it: act as if this hook were not here
+            signal.signal(signum, handler)
+            signal.raise_signal(signum)
+
+    for signum in previous:
+        signal.signal(signum, mark_draining)
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
-    configure_logging(settings.log_level)
+    telemetry.configure_logging(settings.log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_db_engine(
-            settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout,
+            timeouts=Timeouts(
+                statement=settings.db_statement_timeout,
+                lock=settings.db_lock_timeout,
+                idle_in_transaction=settings.db_idle_in_transaction_timeout,
+            ),
         )
+        telemetry.instrument_engine(engine, settings)
         verifier = build_verifier(settings)
         sweeper = LeaseSweeper(engine, settings.lease_sweep_seconds)
-        # As many request threads as pooled connections: a thread never waits for one.
+        # As many request threads as pooled connections: a thread never waits for one, and
+        # requests beyond that wait on the event loop, holding nothing but their socket.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
+        restore_signals = drain_on_signals(app)
         try:
             if settings.auto_migrate:
                 migrate(engine)
@@ -679,9 +803,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
             yield
         finally:
+            app.state.draining = True
+            restore_signals()
             sweeper.stop()
             verifier.close()
             engine.dispose()
+            telemetry.shutdown()
 
     app = FastAPI(
         title="TaskFlow",
@@ -693,6 +820,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_parameters={"persistAuthorization": True},
     )
     app.state.settings = settings
+    app.state.draining = False
+    app.state.outage_log = OutageLog()
+    app.state.rate_limiter = (
+        RateLimiter(settings.rate_limit_read, settings.rate_limit_write, settings.rate_limit_storage)
+        if settings.rate_limit_read or settings.rate_limit_write
+        else None
+    )
     app.include_router(api)  # the API first: a request is matched against the routes in order
     app.include_router(public)
     swagger_ui.install_docs(app)
@@ -702,6 +836,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(idempotency.Replay, handle_replay)
     app.add_exception_handler(DataError, handle_data_error)
     app.add_exception_handler(IntegrityError, handle_integrity_error)
+    app.add_exception_handler(SQLAlchemyError, handle_database_error)
+    # Innermost first: each add_middleware wraps what was added before it.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(
         CORSMiddleware,
@@ -709,9 +846,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_credentials=True,
         allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key", "If-Match"],
-        expose_headers=["X-Total-Count", "X-Total-Count-Exact", "Link", "X-Request-ID", "ETag", "Idempotent-Replayed"],
+        expose_headers=[
+            "X-Total-Count",
+            "X-Total-Count-Exact",
+            "Link",
+            "X-Request-ID",
+            "ETag",
+            "Idempotent-Replayed",
+            "Retry-After",
+            "RateLimit",
+            "RateLimit-Policy",
+        ],
         max_age=600,
     )
+    telemetry.install(app, settings)
     app.add_middleware(RequestIdMiddleware)
     return app
 

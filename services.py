@@ -43,6 +43,7 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 import audit
+import telemetry
 from auth import Principal
 from database import advisory_lock
 from errors import (
@@ -208,8 +209,8 @@ def actor_for(principal: Principal) -> Actor:
     return Actor(id=principal.id, role=principal.role, name=name)
 
 
-def register_human(session: Session, actor: Actor) -> None:
-    """Give a caller seen for the first time its worker row, as a human, named from its token."""
+def register_human(session: Session, actor: Actor) -> str:
+    """Give a caller seen for the first time its worker row, as a human, named from its token; its type."""
     name = actor.name or actor.id
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     # Two first requests at once must not collide on the primary key.
@@ -220,6 +221,8 @@ def register_human(session: Session, actor: Actor) -> None:
     )
     if result.rowcount == 1:  # type: ignore[attr-defined]
         audit.record(session, actor, "worker.registered", context={"type": [None, "human"], "name": [None, name]})
+        return WorkerType.human.value
+    return str(session.execute(select(Worker.type).where(Worker.id == actor.id)).scalar_one().value)
 
 
 def list_workers(session: Session, _actor: Actor, limit: int, offset: int, type: WorkerType | None = None) -> Page:
@@ -1370,6 +1373,8 @@ def expire_leases(session: Session, *, limit: int) -> int:
     rows = _core(session).execute(_EXPIRED_LEASES, {"now": utc_now(), "limit": limit}).all()
     for row in rows:
         _expire_lease(session, TaskRecord.from_row(row._mapping))
+    if rows:
+        telemetry.count_lease_expiries(len(rows))
     return len(rows)
 
 
