@@ -1,0 +1,247 @@
+"""Per-caller rate limits: a budget per worker id for reads and one for writes, counted by `limits`.
+
+In memory for one process, and in the real Redis server on the machine for several instances
+sharing one budget. Over the limit: 429 `rate_limited` with Retry-After and the IETF
+`RateLimit-Policy` / `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers); a refused
+write changes nothing. With the Redis unreachable, requests are let through (fail open).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx2
+import pytest
+import redis
+from conftest import AuthHeaders, TokenFactory
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from sqlalchemy import Engine, text
+
+from config import Settings, load_settings
+from database import mark_read_only
+from main import create_app
+
+REDIS_URL = "redis://127.0.0.1:6379"
+RATE_LIMIT = re.compile(r'^"(?P<name>[a-z]+-\d+s)";r=(?P<remaining>\d+);t=(?P<reset>\d+)$')
+
+
+def limited(settings: Settings, **limits: str) -> TestClient:
+    return TestClient(create_app(settings.model_copy(update=limits)))
+
+
+def remaining(response: httpx2.Response, name: str) -> int:
+    """The `r` of the RateLimit header, checked against its draft's structured format."""
+    match = RATE_LIMIT.match(response.headers["RateLimit"])
+    assert match is not None, response.headers["RateLimit"]
+    assert match["name"] == name
+    assert int(match["reset"]) >= 1
+    return int(match["remaining"])
+
+
+def assert_rate_limited(response: httpx2.Response, name: str, policy: str) -> None:
+    assert response.status_code == 429, response.text
+    body = response.json()
+    assert (body["code"], body["status_code"]) == ("rate_limited", 429)
+    assert body["error"]
+    retry_after = int(response.headers["Retry-After"])  # an integer, as HTTP requires
+    window = int(name.removeprefix("read-").removeprefix("write-").removesuffix("s"))
+    assert 1 <= retry_after <= window
+    assert response.headers["RateLimit-Policy"] == policy
+    assert remaining(response, name) == 0
+
+
+def task_counts(db: Engine) -> tuple[int, int]:
+    """(task rows, audit rows about tasks)."""
+    with db.connect() as connection:
+        mark_read_only(connection)
+        tasks = connection.execute(text("SELECT count(*) FROM task")).scalar_one()
+        audits = connection.execute(text("SELECT count(*) FROM audit_log WHERE task_id IS NOT NULL")).scalar_one()
+    return tasks, audits
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_limits_are_off_by_default(client: TestClient, auth: AuthHeaders) -> None:
+    defaults = Settings(_env_file=None)
+    assert defaults.rate_limit_read is None
+    assert defaults.rate_limit_write is None
+    assert defaults.rate_limit_storage == "memory://"
+    headers = auth("alice")
+    for _ in range(3):
+        response = client.get("/api/tasks", headers=headers)
+        assert response.status_code == 200
+        assert not {"ratelimit", "ratelimit-policy"} & response.headers.keys()
+    created = client.post("/api/tasks", json={"title": "Unlimited"}, headers=headers)
+    assert created.status_code == 201
+    assert "RateLimit" not in created.headers
+
+
+@pytest.mark.parametrize("value", ["lots", "5/fortnight", "five/minute", "5 per"])
+def test_a_malformed_limit_is_refused_at_start_up(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match=r"is not a rate limit such as '600/minute'"):
+        Settings(_env_file=None, rate_limit_read=value)
+    monkeypatch.setenv("RATE_LIMIT_WRITE", value)
+    with pytest.raises(SystemExit, match=rf"RATE_LIMIT_WRITE: '{re.escape(value)}' is not a rate limit"):
+        load_settings()
+
+
+def test_an_unknown_storage_is_refused_at_start_up() -> None:
+    with pytest.raises(ValidationError, match="RATE_LIMIT_STORAGE must be memory:// or redis://"):
+        Settings(_env_file=None, rate_limit_storage="memcached://127.0.0.1:11211")
+
+
+# ---------------------------------------------------------------- in memory
+
+
+def test_reads_over_the_limit_answer_429_with_the_ietf_headers(settings: Settings, auth: AuthHeaders) -> None:
+    policy = '"read-60s";q=5;w=60'
+    with limited(settings, rate_limit_read="5/minute", rate_limit_write="2/minute") as client:
+        headers = auth("alice")
+        left = []
+        for _ in range(5):
+            response = client.get("/api/tasks", headers=headers)
+            assert response.status_code == 200, response.text
+            assert response.headers["RateLimit-Policy"] == policy
+            left.append(remaining(response, "read-60s"))
+        assert left == [4, 3, 2, 1, 0]
+        assert_rate_limited(client.get("/api/tasks", headers=headers), "read-60s", policy)
+        assert_rate_limited(client.get("/api/projects", headers=headers), "read-60s", policy)
+
+
+def test_reads_and_writes_have_separate_budgets_and_a_refused_write_changes_nothing(
+    settings: Settings, auth: AuthHeaders, db: Engine
+) -> None:
+    policy = '"write-60s";q=2;w=60'
+    with limited(settings, rate_limit_read="5/minute", rate_limit_write="2/minute") as client:
+        headers = auth("alice")
+        for _ in range(5):
+            assert client.get("/api/tasks", headers=headers).status_code == 200
+        assert client.get("/api/tasks", headers=headers).status_code == 429
+        task = client.post("/api/tasks", json={"title": "First"}, headers=headers)
+        assert task.status_code == 201, task.text
+        assert task.headers["RateLimit-Policy"] == policy
+        assert remaining(task, "write-60s") == 1
+        patched = client.patch(f"/api/tasks/{task.json()['id']}", json={"title": "Renamed"}, headers=headers)
+        assert patched.status_code == 200, patched.text
+        assert remaining(patched, "write-60s") == 0
+        assert task_counts(db) == (1, 2)
+
+        refused_create = client.post("/api/tasks", json={"title": "Refused"}, headers=headers)
+        assert_rate_limited(refused_create, "write-60s", policy)
+        refused_change = client.patch(f"/api/tasks/{task.json()['id']}", json={"title": "No"}, headers=headers)
+        assert_rate_limited(refused_change, "write-60s", policy)
+    assert task_counts(db) == (1, 2)
+    with db.connect() as connection:
+        mark_read_only(connection)
+        assert connection.execute(text("SELECT title, version FROM task")).one() == ("Renamed", 2)
+
+
+def test_a_budget_belongs_to_the_worker_id_not_the_token(settings: Settings, auth: AuthHeaders) -> None:
+    policy = '"read-60s";q=5;w=60'
+    with limited(settings, rate_limit_read="5/minute") as client:
+        alice, alice_again = auth("alice"), auth("alice", key="ES256")
+        assert alice != alice_again  # two tokens, one worker
+        for _ in range(3):
+            assert client.get("/api/tasks", headers=alice).status_code == 200
+        assert remaining(client.get("/api/tasks", headers=alice_again), "read-60s") == 1
+        assert remaining(client.get("/api/tasks", headers=alice_again), "read-60s") == 0
+        assert_rate_limited(client.get("/api/tasks", headers=alice), "read-60s", policy)
+        assert_rate_limited(client.get("/api/tasks", headers=alice_again), "read-60s", policy)
+        bob = client.get("/api/tasks", headers=auth("bob"))
+        assert bob.status_code == 200, bob.text
+        assert remaining(bob, "read-60s") == 4
+
+
+def test_several_limits_in_one_setting(settings: Settings, auth: AuthHeaders) -> None:
+    policy = '"read-1s";q=3;w=1, "read-60s";q=100;w=60'
+    with limited(settings, rate_limit_read="3/second;100/minute") as client:
+        headers = auth("alice")
+        # A second may pass between two requests on a loaded machine: read until refused, boundedly.
+        for _ in range(30):
+            response = client.get("/api/tasks", headers=headers)
+            assert response.headers["RateLimit-Policy"] == policy
+            if response.status_code == 429:
+                break
+            assert response.status_code == 200, response.text
+            # The header reports the limit closest to running out: the per-second one.
+            assert remaining(response, "read-1s") <= 2
+        assert_rate_limited(response, "read-1s", policy)
+
+
+# ---------------------------------------------------------------- in Redis
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The Redis server on the machine; the keys of this test's callers are deleted afterwards."""
+    connection = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        connection.ping()
+    except redis.ConnectionError as error:
+        connection.close()
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is not reachable at {REDIS_URL} in CI: {error}")
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {error}")
+    try:
+        yield REDIS_URL
+    finally:
+        # The callers' ids are unique to the test (see below); nobody else's keys are touched.
+        for key in connection.scan_iter(match="*redis-caller-*"):
+            connection.delete(key)
+        connection.close()
+
+
+def test_instances_sharing_redis_share_one_budget(settings: Settings, make_token: TokenFactory, redis_url: str) -> None:
+    # A caller id of this run only: no other run, nor the same test run earlier, shares its budget.
+    caller = f"redis-caller-{uuid.uuid4().hex[:12]}"
+    policy = '"read-60s";q=5;w=60'
+    limits = {"rate_limit_read": "5/minute", "rate_limit_storage": redis_url}
+    headers = {"Authorization": f"Bearer {make_token(caller)}"}
+    with limited(settings, **limits) as first, limited(settings, **limits) as second:
+        left = [remaining(first.get("/api/tasks", headers=headers), "read-60s") for _ in range(3)]
+        left += [remaining(second.get("/api/tasks", headers=headers), "read-60s") for _ in range(2)]
+        assert left == [4, 3, 2, 1, 0]
+        assert_rate_limited(first.get("/api/tasks", headers=headers), "read-60s", policy)
+        assert_rate_limited(second.get("/api/tasks", headers=headers), "read-60s", policy)
+
+
+@contextmanager
+def warnings_of(logger_name: str) -> Iterator[list[logging.LogRecord]]:
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_an_unreachable_redis_lets_requests_through_and_warns_once(settings: Settings, auth: AuthHeaders) -> None:
+    # The documented choice: a rate limiter whose storage is away must not take the board down with it.
+    away = {"rate_limit_read": "2/minute", "rate_limit_write": "1/minute", "rate_limit_storage": "redis://127.0.0.1:1"}
+    with limited(settings, **away) as client, warnings_of("taskflow") as records:
+        headers = auth("alice")
+        for _ in range(5):
+            response = client.get("/api/tasks", headers=headers)
+            assert response.status_code == 200, response.text
+            assert not {"ratelimit", "ratelimit-policy"} & response.headers.keys()
+        for number in range(3):
+            assert client.post("/api/tasks", json={"title": f"Task {number}"}, headers=headers).status_code == 201
+    messages = [record.getMessage() for record in records]
+    assert len(messages) == 1, messages
+    assert records[0].name == "taskflow.ratelimit"
+    assert "Rate limits are not enforced" in messages[0]
+    assert "127.0.0.1:1" in messages[0]  # with its cause
