@@ -33,7 +33,8 @@ TASKFLOW = Path(sys.executable).parent / "taskflow"
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """These servers also trust the development key, so `taskflow dev-token` can be tried for real."""
-    return settings.model_copy(update={"dev_auth": True})
+    # WARNING: the server runs in this process, and its request log lines would land on the CLI's captured stderr.
+    return settings.model_copy(update={"dev_auth": True, "log_level": "WARNING"})
 
 
 @dataclass
