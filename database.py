@@ -58,8 +58,11 @@ def create_db_engine(
     timeouts: Timeouts = Timeouts(),
 ) -> Engine:
     url = normalize_database_url(url)
-    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
-    if make_url(url).get_backend_name() == "sqlite":
+    pool: dict[str, Any] = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in {None, "", ":memory:"}:
+            pool = {}  # one in-memory database per connection: SQLAlchemy keeps one per thread, unpooled
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeouts.lock}, **pool)
         event.listen(engine, "connect", functools.partial(_sqlite_on_connect, busy_ms=round(timeouts.lock * 1000)))
         event.listen(engine, "begin", _sqlite_on_begin)
@@ -77,8 +80,9 @@ def create_db_engine(
         "lock_timeout": timeouts.lock,
         "idle_in_transaction_session_timeout": timeouts.idle_in_transaction,
     }
-    # One round trip per new connection, not per request; a SET works through poolers such as
-    # Neon's, which refuse settings in the connection's startup options.
+    # One round trip per new connection, not per request. Behind a pooler in transaction mode
+    # (PgBouncer, Neon's -pooler host) a session's SET does not follow it from one server
+    # connection to the next: there, set them on the role (ALTER ROLE … SET statement_timeout …).
     set_timeouts = "; ".join(f"SET {name} = {round(seconds * 1000)}" for name, seconds in settings.items())
     event.listen(engine, "connect", functools.partial(_postgresql_on_connect, set_timeouts))
     event.listen(engine, "begin", _autocommit_for_reads)
@@ -107,14 +111,14 @@ class Outage:
 
 # SQLSTATEs, by prefix, that mean the database cannot serve the request now rather than that the
 # statement is wrong: connection exceptions and operator intervention (the server shutting
-# down); statement_timeout, lock_timeout and idle_in_transaction_session_timeout; insufficient
-# resources (too many connections), serialization failures and deadlocks, which succeed when run again.
+# down); statement_timeout and lock_timeout; insufficient resources (too many connections),
+# serialization failures and deadlocks, which succeed when run again. (A transaction ended by
+# idle_in_transaction_session_timeout loses its connection, which counts as "connection".)
 _SQLSTATE_REASONS = (
     ("08", "connection"),
     ("57P", "connection"),
     ("57014", "timeout"),
     ("55P03", "timeout"),
-    ("25P03", "timeout"),
     ("53", "busy"),
     ("40001", "busy"),
     ("40P01", "busy"),
@@ -288,7 +292,10 @@ def migrate(engine: Engine) -> None:
             with connection.begin():
                 if not sqlite:
                     # A migration may rightly run long, and wait for another process's migration.
-                    connection.exec_driver_sql("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+                    connection.exec_driver_sql(
+                        "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; "
+                        "SET LOCAL idle_in_transaction_session_timeout = 0"
+                    )
                     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")

@@ -36,7 +36,7 @@ import services
 import telemetry
 from auth import InvalidToken, JWKSVerifier, KeySetUnavailable, Principal
 from database import mark_read_only
-from errors import ServiceUnavailable, TaskFlowError, Unauthorized
+from errors import BUSY_RETRY_AFTER_SECONDS, ServiceUnavailable, Unauthorized
 from models import MAX_ID, MAX_LEASE_SECONDS, MAX_OFFSET, SLUG_PATTERN, WORKER_ID_PATTERN
 from ratelimit import RateLimiter
 
@@ -80,7 +80,12 @@ async def get_current_user(
     if principal is None:
         principal = await run_in_threadpool(_verify, verifier, credentials.credentials)
     actor = services.actor_for(principal)
-    request.scope["state"]["actor"] = actor  # for the request log
+    state = request.scope["state"]
+    state["actor"] = actor  # for the request log
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is not None:
+        # Sent with whatever the response turns out to be (main.RequestIdMiddleware).
+        state["rate_limit_headers"] = await limiter.check(actor.id, writing=request.method not in READ_METHODS)
     return actor
 
 
@@ -90,8 +95,9 @@ CurrentUser = Annotated[services.Actor, Depends(get_current_user)]
 class KnownWorkers:
     """The ids whose worker row exists, so a request need not read it: bounded, most recent kept.
 
-    With each id its type as this process last read it, for the request log (an admin's change of
-    a worker's type reaches it when the id is next read); audit rows read the type afresh.
+    With each id its type as this process first read it, for the request log: an admin's change of
+    a worker's type shows there once the id is evicted or the process restarts. Audit rows read
+    the type afresh.
     """
 
     def __init__(self, size: int = KNOWN_WORKERS_SIZE) -> None:
@@ -128,14 +134,11 @@ class RequestSession(Session):
     the session's flushes go into it (the ORM never commits: `join_transaction_mode`).
     """
 
-    def __init__(
-        self, engine: Engine, reading: bool, known_workers: KnownWorkers, rate_limiter: RateLimiter | None = None
-    ) -> None:
+    def __init__(self, engine: Engine, reading: bool, known_workers: KnownWorkers) -> None:
         super().__init__(expire_on_commit=False, join_transaction_mode="rollback_only")
         self.engine = engine
         self.reading = reading
         self.known_workers = known_workers
-        self.rate_limiter = rate_limiter
         self.actor = services.SYSTEM
         self.register = False
         self.idempotency_key: str | None = None
@@ -195,8 +198,12 @@ async def get_session(request: Request) -> RequestSession:
     state = request.app.state
     queue_cap = state.settings.max_queued_requests
     if queue_cap and current_default_thread_limiter().statistics().tasks_waiting >= queue_cap:
-        raise ServiceUnavailable("Too many requests are waiting to run; retry shortly", headers={"Retry-After": "1"})
-    session = RequestSession(state.engine, request.method in READ_METHODS, state.known_workers, state.rate_limiter)
+        telemetry.count_unavailable("queue_full")
+        raise ServiceUnavailable(
+            "Too many requests are waiting to run; retry shortly",
+            headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+        )
+    session = RequestSession(state.engine, request.method in READ_METHODS, state.known_workers)
     if request.method == "POST" and (key := request.headers.get("idempotency-key")) is not None:
         # Read here, before the route's thread starts its transaction: a slow client holds no
         # database lock. A malformed key is refused by `check_idempotency_key` before the route runs.
@@ -287,9 +294,6 @@ class TaskFlowRoute(APIRoute):
         actor = next((value for value in values.values() if isinstance(value, services.Actor)), None)
         if actor is None:
             raise TypeError(f"{endpoint.__name__} takes a session but not the caller (CurrentUser)")
-        limits = (
-            {} if session.rate_limiter is None else session.rate_limiter.check(actor.id, writing=not session.reading)
-        )
         with session:
             try:
                 session.begin_for(actor)
@@ -302,11 +306,6 @@ class TaskFlowRoute(APIRoute):
                 session.close()
                 session.begin_for(actor)
                 response = self._attempt(session, endpoint, values)
-            except TaskFlowError as error:
-                # A refusal counted against the budget too: say so.
-                error.headers = {**(error.headers or {}), **limits} if limits else error.headers
-                raise
-        response.headers.update(limits)
         return response
 
     def _attempt(self, session: RequestSession, endpoint: Callable[..., Any], values: dict[str, Any]) -> Response:

@@ -6,7 +6,7 @@ Services and dependencies raise these; one handler in `main` turns them into the
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class TaskFlowError(Exception):
@@ -19,6 +19,11 @@ class TaskFlowError(Exception):
         self.message = message
         if headers is not None:
             self.headers = {**(self.headers or {}), **headers}
+
+
+def envelope(status_code: int, code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The body of every error response."""
+    return {"error": message, "status_code": status_code, "code": code, **extra}
 
 
 class BadRequest(TaskFlowError):
@@ -66,10 +71,6 @@ class PreconditionFailed(TaskFlowError):
     status_code, code = 412, "precondition_failed"
 
 
-class PayloadTooLarge(TaskFlowError):
-    status_code, code = 413, "payload_too_large"
-
-
 class IdempotencyKeyReused(TaskFlowError):
     status_code, code = 422, "idempotency_key_reused"
 
@@ -78,8 +79,13 @@ class RateLimited(TaskFlowError):
     status_code, code = 429, "rate_limited"
 
 
-# Seconds a client is told to wait when the database or the signing keys are away.
+# Seconds a client is told to wait when the database or the signing keys are away, and when the
+# server is merely busy (its queue full, a lock or a statement timed out).
 RETRY_AFTER_SECONDS = 5
+BUSY_RETRY_AFTER_SECONDS = 1
+# Headers a request may carry in all: generous for a bearer token and cookies (nginx's default
+# buffers hold 32 KB).
+MAX_HEADER_BYTES = 32 * 1024
 
 
 class ServiceUnavailable(TaskFlowError):
@@ -104,7 +110,7 @@ ERROR_CODES: dict[str, str] = {
     "idempotency_key_reused": "422: this Idempotency-Key was already used with a different request",
     "validation_error": "422: the body, a path or a query parameter is malformed; `detail` lists the field errors",
     "rate_limited": "429: you sent more requests than your rate limit allows; wait `Retry-After` seconds",
-    "headers_too_large": "431: the request headers are larger than the server accepts (32 KiB in all)",
+    "headers_too_large": f"431: the request headers are larger than the server accepts ({MAX_HEADER_BYTES // 1024} KiB in all)",
     "internal_error": "500: a bug; the response carries the `request_id` to quote",
     "service_unavailable": "503: the database is unreachable or overloaded, the signing keys cannot be fetched, or the server is shutting down; retry after `Retry-After` seconds",
 }

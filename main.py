@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import os
 import re
 import signal
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
@@ -37,7 +35,6 @@ import swagger_ui
 import telemetry
 from audit import current_request_id
 from auth import JWKSVerifier
-from body_limit import BodyLimitMiddleware
 from config import VERSION, Settings, load_settings
 from database import Outage, Timeouts, check_connection, create_db_engine, migrate, outage
 from dependencies import (
@@ -56,7 +53,15 @@ from dependencies import (
     WorkerIdPath,
     get_engine,
 )
-from errors import ERROR_CODES, ServiceUnavailable, TaskFlowError
+from errors import (
+    BUSY_RETRY_AFTER_SECONDS,
+    ERROR_CODES,
+    MAX_HEADER_BYTES,
+    RETRY_AFTER_SECONDS,
+    ServiceUnavailable,
+    TaskFlowError,
+    envelope,
+)
 from models import (
     AuditQuery,
     AuditRead,
@@ -87,6 +92,7 @@ from models import (
     utc_now,
 )
 from ratelimit import RateLimiter
+from size_limits import SizeLimitMiddleware
 from sweeper import LeaseSweeper
 
 logger = logging.getLogger("taskflow")
@@ -111,7 +117,7 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying",
 # What any route may answer, whatever it does.
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     413: _error("The request body is larger than MAX_BODY_BYTES"),
-    431: _error("The request headers are larger than 32 KiB in all"),
+    431: _error(f"The request headers are larger than {MAX_HEADER_BYTES // 1024} KiB in all"),
     500: _error("A bug: quote the `request_id`"),
     503: {
         **_error(
@@ -149,8 +155,12 @@ api = APIRouter(prefix="/api", responses=API_ERRORS, route_class=TaskFlowRoute)
 # ---------------------------------------------------------------- health
 
 
+# Both are async and keep off the request threads, so that they answer when every one is busy:
+# a liveness probe that waited behind the load would get a busy worker restarted.
+
+
 @public.get("/health", response_model=Health, tags=["health"])
-def health() -> Health:
+async def health() -> Health:
     """Liveness: the process is up. Needs no token."""
     return Health(status="healthy", version=VERSION)
 
@@ -159,20 +169,20 @@ def health() -> Health:
     "/api/health/db",
     response_model=DatabaseHealth,
     tags=["health"],
-    responses={503: _error("The database cannot be reached")},
+    responses={503: {**COMMON_ERRORS[503], "description": "The database cannot be reached, or the server is draining"}},
 )
-def database_health(request: Request) -> DatabaseHealth:
+async def database_health(request: Request) -> DatabaseHealth:
     """Readiness: the database answers, and the process is not shutting down. Needs no token."""
     if request.app.state.draining:
         raise ServiceUnavailable("Shutting down")
     try:
-        check_connection(get_engine(request))
+        await anyio.to_thread.run_sync(check_connection, get_engine(request), limiter=telemetry.probe_limiter())
     except Exception as error:
         found = outage(error)
         if found is None:
             logger.exception("The readiness check failed")
         else:
-            request.app.state.outage_log.log(found)
+            report_outage(request, found)
         raise ServiceUnavailable("Database unavailable") from None
     return DatabaseHealth(database="connected")
 
@@ -547,14 +557,10 @@ def list_audit(
 # answer would wait for a request thread, behind the very load that may have caused it.
 
 
-def _envelope(status_code: int, code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": message, "status_code": status_code, "code": code, **extra}
-
-
 async def handle_taskflow_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TaskFlowError)
     return JSONResponse(
-        _envelope(exc.status_code, exc.code, exc.message), status_code=exc.status_code, headers=exc.headers
+        envelope(exc.status_code, exc.code, exc.message), status_code=exc.status_code, headers=exc.headers
     )
 
 
@@ -567,7 +573,7 @@ async def handle_validation_error(_request: Request, exc: Exception) -> JSONResp
     first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(part) for part in first["loc"])
     message = f"Invalid request: {where}: {first['msg']}" if where else f"Invalid request: {first['msg']}"
-    return JSONResponse(_envelope(422, "validation_error", message, detail=detail), status_code=422)
+    return JSONResponse(envelope(422, "validation_error", message, detail=detail), status_code=422)
 
 
 HTTP_CODES = {
@@ -583,7 +589,7 @@ async def handle_http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
     message = exc.detail if isinstance(exc.detail, str) else "Request failed"
-    return JSONResponse(_envelope(exc.status_code, code, message), status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(envelope(exc.status_code, code, message), status_code=exc.status_code, headers=exc.headers)
 
 
 async def handle_replay(_request: Request, exc: Exception) -> Response:
@@ -596,34 +602,19 @@ async def handle_integrity_error(_request: Request, _exc: Exception) -> JSONResp
     # Rules are checked before writing; a constraint that still fails lost a race with a
     # concurrent request (a parent or project deleted meanwhile, say). Nothing was saved.
     message = "The request conflicts with a change made at the same time; read the current state and retry"
-    return JSONResponse(_envelope(409, "conflict", message), status_code=409)
+    return JSONResponse(envelope(409, "conflict", message), status_code=409)
 
 
 async def handle_data_error(_request: Request, _exc: Exception) -> JSONResponse:
     # A value the database refused (out of range, malformed): the client's fault, and no data is saved.
-    return JSONResponse(_envelope(400, "bad_request", "A value was refused by the database"), status_code=400)
+    return JSONResponse(envelope(400, "bad_request", "A value was refused by the database"), status_code=400)
 
 
-class OutageLog:
-    """Log a database outage or overload with its cause once per reason and interval, not once per
-    request: an outage under load would otherwise write a line (or a traceback) per request."""
-
-    def __init__(self, interval: float = OUTAGE_LOG_SECONDS) -> None:
-        self.interval = interval
-        self._logged_at: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def log(self, outage: Outage) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._logged_at.get(outage.reason, -math.inf) < self.interval:
-                self._unlogged[outage.reason] = self._unlogged.get(outage.reason, 0) + 1
-                return
-            self._logged_at[outage.reason] = now
-            unlogged = self._unlogged.pop(outage.reason, 0)
-        more = f" (and {unlogged} more since the last such line)" if unlogged else ""
-        logger.warning("Database unavailable (%s), answering 503: %s%s", outage.reason, outage.detail, more)
+def report_outage(request: Request, found: Outage) -> None:
+    telemetry.count_unavailable(found.reason)
+    request.app.state.outage_log.warn(
+        found.reason, "Database unavailable (%s), answering 503: %s", found.reason, found.detail
+    )
 
 
 async def handle_database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -631,11 +622,14 @@ async def handle_database_error(request: Request, exc: Exception) -> JSONRespons
     found = outage(exc)
     if found is None:
         return handle_unexpected_error(request, exc)
-    telemetry.count_unavailable(found.reason)
-    request.app.state.outage_log.log(found)
-    error = ServiceUnavailable("The database is unavailable or overloaded; retry later")
+    report_outage(request, found)
+    # A server that is away takes a while to come back; one that is busy, a moment.
+    wait = RETRY_AFTER_SECONDS if found.reason == "connection" else BUSY_RETRY_AFTER_SECONDS
+    error = ServiceUnavailable(
+        "The database is unavailable or overloaded; retry later", headers={"Retry-After": str(wait)}
+    )
     return JSONResponse(
-        _envelope(error.status_code, error.code, error.message), status_code=error.status_code, headers=error.headers
+        envelope(error.status_code, error.code, error.message), status_code=error.status_code, headers=error.headers
     )
 
 
@@ -644,7 +638,7 @@ def handle_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Handlers run outside the `except` block, so the traceback must be passed explicitly.
     logger.error("Unhandled error in %s %s (request %s)", request.method, request.url.path, request_id, exc_info=exc)
     return JSONResponse(
-        _envelope(500, "internal_error", "Internal server error", request_id=request_id),
+        envelope(500, "internal_error", "Internal server error", request_id=request_id),
         status_code=500,
         headers={"X-Request-ID": request_id} if request_id else None,
     )
@@ -656,7 +650,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestIdMiddleware:
-    """Give every response an `X-Request-ID`: the caller's, if it sent a sane one, else a new one."""
+    """Give every response an `X-Request-ID`: the caller's, if it sent a sane one, else a new one;
+    and the caller's `RateLimit` headers, when it is rate limited."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -667,11 +662,15 @@ class RequestIdMiddleware:
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                # Where the caller stands against its rate limit, whatever the answer (dependencies.get_current_user).
+                headers.update(state.get("rate_limit_headers") or {})
             await send(message)
 
         token = current_request_id.set(request_id)
@@ -821,7 +820,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.draining = False
-    app.state.outage_log = OutageLog()
+    app.state.outage_log = telemetry.Throttle(OUTAGE_LOG_SECONDS, logger)
     app.state.rate_limiter = (
         RateLimiter(settings.rate_limit_read, settings.rate_limit_write, settings.rate_limit_storage)
         if settings.rate_limit_read or settings.rate_limit_write
@@ -838,7 +837,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(IntegrityError, handle_integrity_error)
     app.add_exception_handler(SQLAlchemyError, handle_database_error)
     # Innermost first: each add_middleware wraps what was added before it.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(
         CORSMiddleware,

@@ -14,13 +14,18 @@ to this run's counts). Nothing here imports a TaskFlow module but `config`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 
+import anyio.to_thread
+from anyio import CapacityLimiter
+from anyio.lowlevel import RunVar
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -58,6 +63,46 @@ HANDLER_NAME = "taskflow"
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 request_logger = logging.getLogger("taskflow.request")
+
+
+class Throttle:
+    """Log a warning at most once per `interval` seconds for each key, with the count of those held
+    back meanwhile: an outage under load would otherwise write a line per request."""
+
+    def __init__(self, interval: float, logger: logging.Logger | None = None) -> None:
+        self.interval = interval
+        self.logger = logger or logging.getLogger("taskflow")
+        self._logged_at: dict[str, float] = {}
+        self._held_back: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._logged_at.get(key, -math.inf) < self.interval:
+                self._held_back[key] = self._held_back.get(key, 0) + 1
+                return
+            self._logged_at[key] = now
+            held_back = self._held_back.pop(key, 0)
+        if held_back:
+            message += f" (and {held_back} more like it since the last such line)"
+        self.logger.warning(message, *args)
+
+
+# Threads for health checks and scrapes, apart from the request threads (anyio's default
+# limiter), so that they answer when every request thread is busy.
+PROBE_THREADS = 2
+_probe_limiter: RunVar[CapacityLimiter] = RunVar("taskflow_probe_limiter")
+
+
+def probe_limiter() -> CapacityLimiter:
+    """The event loop's limiter for probe threads (call it on the loop), made on first use like anyio's own."""
+    try:
+        return _probe_limiter.get()
+    except LookupError:
+        limiter = CapacityLimiter(PROBE_THREADS)
+        _probe_limiter.set(limiter)
+        return limiter
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):
@@ -137,19 +182,27 @@ REQUEST_DURATION = Histogram(
     REQUEST_LABELS,
     buckets=DURATION_BUCKETS,
 )
-# "livesum": the sum over the processes alive now; a process's share is dropped when it stops.
+# "livesum": the sum over the processes alive now; a process's share is dropped when it shuts
+# down cleanly. A worker that crashes or is killed leaves its file, and its last values count
+# until the directory is emptied at the next start.
 CONNECTIONS_IN_USE = Gauge(
     "taskflow_db_connections_in_use", "Database connections checked out of the pool", multiprocess_mode="livesum"
 )
 CONNECTIONS_WAITING = Gauge(
     "taskflow_db_connections_waiting", "Requests waiting for a database connection", multiprocess_mode="livesum"
 )
-INFO = Gauge("taskflow_info", "The running TaskFlow's version (always 1)", ["version"], multiprocess_mode="livemax")
+VERSION_INFO = Gauge(
+    "taskflow_info", "The running TaskFlow's version (always 1)", ["version"], multiprocess_mode="livemax"
+)
 
 CLAIMS = Counter("taskflow_claims", "POST /api/tasks/claim calls, by whether a task was claimed", ["outcome"])
 LEASE_EXPIRIES = Counter("taskflow_lease_expiries", "Tasks handed back because their lease ran out")
 RATE_LIMITED = Counter("taskflow_rate_limited", "Requests refused by a rate limit", ["kind"])
-UNAVAILABLE = Counter("taskflow_db_unavailable", "Requests answered 503 because of the database", ["reason"])
+UNAVAILABLE = Counter(
+    "taskflow_db_unavailable",
+    "Requests answered 503 because of the database, or because too many waited for it (queue_full)",
+    ["reason"],
+)
 
 # Labelled children made once, so that counting costs a dict lookup; made at import so each
 # series is exported (at 0) before its first event, which is what rate() needs.
@@ -158,7 +211,8 @@ _EMPTY = CLAIMS.labels(outcome="empty")
 _RATE_LIMITED = {kind: RATE_LIMITED.labels(kind=kind) for kind in ("read", "write")}
 # A reason outside this set is counted as "other": a label value must come from a small set.
 _UNAVAILABLE = {
-    reason: UNAVAILABLE.labels(reason=reason) for reason in ("pool_timeout", "connection", "timeout", "busy")
+    reason: UNAVAILABLE.labels(reason=reason)
+    for reason in ("pool_timeout", "connection", "timeout", "busy", "queue_full")
 }
 _UNAVAILABLE_OTHER = UNAVAILABLE.labels(reason="other")
 
@@ -212,8 +266,11 @@ def metrics_registry() -> CollectorRegistry:
     return registry
 
 
-def serve_metrics() -> Response:
-    return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
+async def serve_metrics() -> Response:
+    # Off the request threads: a scrape must answer when they are all busy, which is when it
+    # matters most. Reading the workers' files takes a few milliseconds.
+    body = await anyio.to_thread.run_sync(generate_latest, metrics_registry(), limiter=probe_limiter())
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 # ---------------------------------------------------------------- one log line and one observation per request
@@ -366,7 +423,7 @@ def _start_tracing(app: FastAPI, endpoint: str) -> None:
     # A scrape or a load balancer's health check every few seconds would bury the requests; and
     # a span per ASGI message sent or received would cost more than it tells.
     FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="metrics,health", tracer_provider=_tracer_provider, exclude_spans=["receive", "send"]
+        app, excluded_urls="/metrics$,/health$", tracer_provider=_tracer_provider, exclude_spans=["receive", "send"]
     )
 
 
@@ -374,7 +431,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     """Add request logging and metrics, /metrics, and tracing when a collector is configured."""
     app.add_middleware(RequestTelemetry, metrics=settings.metrics)
     if settings.metrics:
-        INFO.labels(version=VERSION).set(1)
+        VERSION_INFO.labels(version=VERSION).set(1)
         # No token: like the database's own port, it belongs on a network the public cannot reach.
         app.add_api_route(METRICS_PATH, serve_metrics, methods=["GET"], include_in_schema=False)
     if settings.otel_exporter_otlp_endpoint:

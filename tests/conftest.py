@@ -8,12 +8,14 @@ starts from empty tables.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -83,6 +85,21 @@ class JWKSServer:
         return f"{self.base_url}/api/auth/jwks"
 
 
+@contextmanager
+def serving_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server of `handler` on a free loopback port, for as long as the block runs; its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
 @pytest.fixture(scope="session")
 def jwks_server() -> Iterator[JWKSServer]:
     state = JWKSServer()
@@ -104,15 +121,9 @@ def jwks_server() -> Iterator[JWKSServer]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving_http(Handler) as url:
+        state.base_url = url
+        yield state
 
 
 @pytest.fixture
@@ -308,14 +319,13 @@ class LiveServer:
     app: Any
 
 
-@pytest.fixture
-def live_server(settings: Settings) -> Iterator[LiveServer]:
-    """The app served by uvicorn on a free loopback port, for clients that speak real HTTP."""
+@contextmanager
+def serving(app: Any) -> Iterator[LiveServer]:
+    """`app` served by uvicorn in a thread on a free loopback port, for clients that speak real HTTP."""
     import socket
 
     import uvicorn
 
-    app = create_app(settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -323,14 +333,40 @@ def live_server(settings: Settings) -> Iterator[LiveServer]:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the live server did not start")
-        time.sleep(0.01)
     try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the live server did not start")
+            time.sleep(0.01)
         yield LiveServer(url=f"http://127.0.0.1:{port}", app=app)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.fixture
+def live_server(settings: Settings) -> Iterator[LiveServer]:
+    """The app of the test's `settings`, served over real HTTP."""
+    with serving(create_app(settings)) as server:
+        yield server
+
+
+@contextmanager
+def captured_warnings(logger_name: str) -> Iterator[list[logging.LogRecord]]:
+    """Every record at WARNING or above that reaches `logger_name` (or a logger below it), whatever
+    the loggers' levels and handlers (caplog's handler sits on the root, which these may not reach)."""
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

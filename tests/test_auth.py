@@ -25,7 +25,7 @@ from typing import Any
 import httpx2
 import jwt
 import pytest
-from conftest import JWKSServer, SigningKey
+from conftest import JWKSServer, SigningKey, serving_http
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fastapi.testclient import TestClient
@@ -80,15 +80,9 @@ def scripted_server() -> Iterator[ScriptedServer]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/keys"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving_http(Handler) as url:
+        state.url = f"{url}/keys"
+        yield state
 
 
 @pytest.fixture

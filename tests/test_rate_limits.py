@@ -8,24 +8,27 @@ write changes nothing. With the Redis unreachable, requests are let through (fai
 
 from __future__ import annotations
 
-import logging
 import os
 import re
+import socket
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 
+import anyio
 import httpx2
 import pytest
 import redis
-from conftest import AuthHeaders, TokenFactory
+from conftest import AuthHeaders, TokenFactory, captured_warnings
 from fastapi.testclient import TestClient
+from limits import parse_many
 from pydantic import ValidationError
 from sqlalchemy import Engine, text
 
 from config import Settings, load_settings
 from database import mark_read_only
+from errors import RateLimited
 from main import create_app
+from ratelimit import RateLimiter
 
 REDIS_URL = "redis://127.0.0.1:6379"
 RATE_LIMIT = re.compile(r'^"(?P<name>[a-z]+-\d+s)";r=(?P<remaining>\d+);t=(?P<reset>\d+)$')
@@ -175,6 +178,43 @@ def test_several_limits_in_one_setting(settings: Settings, auth: AuthHeaders) ->
         assert_rate_limited(response, "read-1s", policy)
 
 
+def test_a_refused_request_uses_up_no_budget_and_names_the_longest_wait(settings: Settings, auth: AuthHeaders) -> None:
+    policy = '"read-60s";q=10;w=60, "read-3600s";q=2;w=3600'
+    with limited(settings, rate_limit_read="10/minute;2/hour") as client:
+        headers = auth("alice")
+        assert remaining(client.get("/api/tasks", headers=headers), "read-3600s") == 1
+        assert remaining(client.get("/api/tasks", headers=headers), "read-3600s") == 0
+        for _ in range(3):
+            refused = client.get("/api/tasks", headers=headers)
+            assert_rate_limited(refused, "read-3600s", policy)
+            # The hour is what the caller must wait for, not the minute that still has room.
+            assert int(refused.headers["Retry-After"]) > 60
+    limiter = RateLimiter("2/minute;5/hour", None, "memory://")
+
+    async def refused_twice_then_counted() -> int:
+        for _ in range(2):
+            await limiter.check("bob", writing=False)
+        for _ in range(2):
+            with pytest.raises(RateLimited):
+                await limiter.check("bob", writing=False)
+        hour = parse_many("5/hour")[0]
+        stats = await limiter.strategy.get_window_stats(hour, "read", "bob")
+        return stats.remaining
+
+    assert anyio.run(refused_twice_then_counted) == 3  # the two refusals took nothing from the hour
+
+
+def test_error_answers_say_where_the_caller_stands_too(settings: Settings, auth: AuthHeaders) -> None:
+    with limited(settings, rate_limit_read="5/minute") as client:
+        headers = auth("alice")
+        missing = client.get("/api/tasks/12345", headers=headers)
+        assert missing.status_code == 404
+        assert remaining(missing, "read-60s") == 4
+        invalid = client.get("/api/tasks", params={"limit": "many"}, headers=headers)
+        assert invalid.status_code == 422
+        assert remaining(invalid, "read-60s") == 3
+
+
 # ---------------------------------------------------------------- in Redis
 
 
@@ -212,27 +252,30 @@ def test_instances_sharing_redis_share_one_budget(settings: Settings, make_token
         assert_rate_limited(second.get("/api/tasks", headers=headers), "read-60s", policy)
 
 
-@contextmanager
-def warnings_of(logger_name: str) -> Iterator[list[logging.LogRecord]]:
-    records: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    handler = Collect(logging.WARNING)
-    logger = logging.getLogger(logger_name)
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
+def test_a_redis_that_hangs_is_given_up_on_and_requests_go_through(settings: Settings, auth: AuthHeaders) -> None:
+    # A port that accepts connections (the kernel's backlog) and never answers, like a paused Redis.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        hung = f"redis://127.0.0.1:{silent.getsockname()[1]}"
+        with (
+            limited(settings, rate_limit_read="2/minute", rate_limit_storage=hung) as client,
+            captured_warnings("taskflow.ratelimit") as records,
+        ):
+            headers = auth("alice")
+            # Each would wait forever without the storage's own timeout.
+            for _ in range(4):
+                response = client.get("/api/tasks", headers=headers)
+                assert response.status_code == 200, response.text
+                assert "RateLimit" not in response.headers
+    assert len(records) == 1
+    assert "Timeout" in records[0].getMessage()
 
 
 def test_an_unreachable_redis_lets_requests_through_and_warns_once(settings: Settings, auth: AuthHeaders) -> None:
     # The documented choice: a rate limiter whose storage is away must not take the board down with it.
     away = {"rate_limit_read": "2/minute", "rate_limit_write": "1/minute", "rate_limit_storage": "redis://127.0.0.1:1"}
-    with limited(settings, **away) as client, warnings_of("taskflow") as records:
+    with limited(settings, **away) as client, captured_warnings("taskflow") as records:
         headers = auth("alice")
         for _ in range(5):
             response = client.get("/api/tasks", headers=headers)

@@ -5,10 +5,12 @@ chunked one (or one that sends more than it announced) is refused as soon as the
 far pass the limit. Either way the answer is `413 payload_too_large` in the error envelope, and
 uvicorn closes the connection after it instead of reading the rest.
 
-Headers over `MAX_HEADER_BYTES` in all are refused with `431`: uvicorn's httptools parser (the
-default with `uvicorn[standard]`) sets no limit of its own, and a megabyte-long bearer token would
-otherwise be parsed and verified. (The request line is limited by httptools: a URL of some 100 KB
-is refused with 400 before the app sees it.)
+Headers over `errors.MAX_HEADER_BYTES` in all are refused with `431`. That bounds what the app
+does with them (a megabyte-long bearer token is not parsed and verified), not what uvicorn has
+buffered by then: its httptools parser, the default with `uvicorn[standard]`, sets no limit on
+headers (and refuses a URL over 65,535 bytes only once it has buffered it). Memory is bounded
+before the app by a proxy in front, or by `--http h11`, whose `--h11-max-incomplete-event-size`
+(16 KiB by default) caps the request line and headers together.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# Generous for a bearer token and cookies; nginx's default buffers hold 32 KB.
-MAX_HEADER_BYTES = 32 * 1024
+from errors import MAX_HEADER_BYTES, envelope
 
 
 class BodyTooLarge(HTTPException):
@@ -30,7 +31,7 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"The request body is larger than {limit:,} bytes", headers={"Connection": "close"})
 
 
-class BodyLimitMiddleware:
+class SizeLimitMiddleware:
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
@@ -68,5 +69,5 @@ class BodyLimitMiddleware:
 
 
 async def _refuse(status_code: int, code: str, message: str, scope: Scope, receive: Receive, send: Send) -> None:
-    body = {"error": message, "status_code": status_code, "code": code}
+    body = envelope(status_code, code, message)
     await JSONResponse(body, status_code=status_code, headers={"Connection": "close"})(scope, receive, send)
