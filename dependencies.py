@@ -196,8 +196,10 @@ async def get_session(request: Request) -> RequestSession:
     each time it is named, even when its value is cached, and routes name the caller anyway.
     """
     state = request.app.state
+    waiting = current_default_thread_limiter().statistics().tasks_waiting
+    telemetry.note_requests_waiting(waiting)
     queue_cap = state.settings.max_queued_requests
-    if queue_cap and current_default_thread_limiter().statistics().tasks_waiting >= queue_cap:
+    if queue_cap and waiting >= queue_cap:
         telemetry.count_unavailable("queue_full")
         raise ServiceUnavailable(
             "Too many requests are waiting to run; retry shortly",

@@ -191,6 +191,11 @@ CONNECTIONS_IN_USE = Gauge(
 CONNECTIONS_WAITING = Gauge(
     "taskflow_db_connections_waiting", "Requests waiting for a database connection", multiprocess_mode="livesum"
 )
+# The saturation signal: requests that arrived to find every request thread busy, as counted when
+# the last request arrived (requests wait for a thread, never for a connection: see main).
+REQUESTS_WAITING = Gauge(
+    "taskflow_requests_waiting", "Requests waiting for a request thread", multiprocess_mode="livesum"
+)
 VERSION_INFO = Gauge(
     "taskflow_info", "The running TaskFlow's version (always 1)", ["version"], multiprocess_mode="livemax"
 )
@@ -244,6 +249,10 @@ def count_rate_limited(kind: str) -> None:
 
 def count_unavailable(reason: str) -> None:
     _UNAVAILABLE.get(reason, _UNAVAILABLE_OTHER).inc()
+
+
+def note_requests_waiting(count: int) -> None:
+    REQUESTS_WAITING.set(count)
 
 
 @contextmanager

@@ -298,6 +298,7 @@ def test_requests_past_the_queue_cap_answer_503_at_once(settings: Settings, auth
                     outcomes[name] = error
 
         idle = connections_in_use()
+        refused_before = REGISTRY.get_sample_value("taskflow_db_unavailable_total", {"reason": "queue_full"}) or 0
         with lock_held(db, task["id"]):
             writer = threading.Thread(
                 target=call, args=("writer", "PATCH", f"/api/tasks/{task['id']}"), kwargs={"json": {"title": "Late"}}
@@ -314,6 +315,7 @@ def test_requests_past_the_queue_cap_answer_503_at_once(settings: Settings, auth
             while len(outcomes) < 1:  # the reader that found the queue full is answered at once
                 assert time.monotonic() < deadline, "no request was refused: the queue has no cap"
                 time.sleep(0.01)
+            assert REGISTRY.get_sample_value("taskflow_requests_waiting") == 1
             assert "writer" not in outcomes  # still waiting for the lock
         for thread in (writer, *readers):
             thread.join(timeout=2 * WAIT)
@@ -325,6 +327,8 @@ def test_requests_past_the_queue_cap_answer_503_at_once(settings: Settings, auth
     assert (len(refused), len(served)) == (1, 1), {name: response.status_code for name, response in responses.items()}
     assert_envelope(refused[0], 503, "service_unavailable")
     assert refused[0].headers["Retry-After"] == "1"
+    # What an operator sees: the refusal counted, and the one request that waited when it came.
+    assert REGISTRY.get_sample_value("taskflow_db_unavailable_total", {"reason": "queue_full"}) == refused_before + 1
 
 
 # ---------------------------------------------------------------- 2. bounded input
