@@ -122,6 +122,11 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL cannot be parsed as a database URL") from None
         if backend not in {"sqlite", "postgresql", "postgres"}:
             raise ValueError(f"DATABASE_URL must be sqlite:///… or postgresql://…, got {backend!r}")
+        if backend == "sqlite" and make_url(value).database in {None, "", ":memory:"}:
+            # Each connection would see a database of its own, empty and unmigrated.
+            raise ValueError(
+                "DATABASE_URL must name a SQLite file (sqlite:///./taskflow.db), not an in-memory database"
+            )
         return value
 
     @field_validator("auth_server_url")

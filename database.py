@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,10 +60,7 @@ def create_db_engine(
 ) -> Engine:
     url = normalize_database_url(url)
     pool: dict[str, Any] = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database in {None, "", ":memory:"}:
-            pool = {}  # one in-memory database per connection: SQLAlchemy keeps one per thread, unpooled
+    if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeouts.lock}, **pool)
         event.listen(engine, "connect", functools.partial(_sqlite_on_connect, busy_ms=round(timeouts.lock * 1000)))
         event.listen(engine, "begin", _sqlite_on_begin)
@@ -70,6 +68,9 @@ def create_db_engine(
     engine = create_engine(
         url,
         **pool,
+        # A server that does not answer (a dropped route, not a refusal) fails the connection
+        # within the pool timeout rather than after minutes of TCP retries; psycopg2's minimum is 2 s.
+        connect_args={"connect_timeout": max(2, math.ceil(pool_timeout))},
         pool_recycle=RECYCLE_SECONDS,
         # Checked-in connections are reused most recently used first, so the idle ones age
         # out at the back of the queue instead of all being kept barely alive.

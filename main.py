@@ -176,7 +176,9 @@ async def database_health(request: Request) -> DatabaseHealth:
     if request.app.state.draining:
         raise ServiceUnavailable("Shutting down")
     try:
-        await anyio.to_thread.run_sync(check_connection, get_engine(request), limiter=telemetry.probe_limiter())
+        await anyio.to_thread.run_sync(
+            check_connection, get_engine(request), limiter=telemetry.probe_limiter("readiness")
+        )
     except Exception as error:
         found = outage(error)
         if found is None:
@@ -785,6 +787,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # requests beyond that wait on the event loop, holding nothing but their socket.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         restore_signals = drain_on_signals(app)
+        if settings.rate_limit_read or settings.rate_limit_write:
+            app.state.rate_limiter = RateLimiter(
+                settings.rate_limit_read, settings.rate_limit_write, settings.rate_limit_storage
+            )
         try:
             if settings.auto_migrate:
                 migrate(engine)
@@ -807,6 +813,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sweeper.stop()
             verifier.close()
             engine.dispose()
+            if app.state.rate_limiter is not None:
+                await app.state.rate_limiter.close()
+                app.state.rate_limiter = None
             telemetry.shutdown()
 
     app = FastAPI(
@@ -821,11 +830,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.draining = False
     app.state.outage_log = telemetry.Throttle(OUTAGE_LOG_SECONDS, logger)
-    app.state.rate_limiter = (
-        RateLimiter(settings.rate_limit_read, settings.rate_limit_write, settings.rate_limit_storage)
-        if settings.rate_limit_read or settings.rate_limit_write
-        else None
-    )
+    app.state.rate_limiter = None  # made by the lifespan, on the loop that serves
     app.include_router(api)  # the API first: a request is matched against the routes in order
     app.include_router(public)
     swagger_ui.install_docs(app)

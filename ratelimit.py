@@ -1,24 +1,26 @@
 """Per-caller rate limits, one budget for reads and one for writes, counted by the `limits` library.
 
 The budget belongs to the worker id, not the address: agents share hosts. `memory://` counts in
-each process; `redis://…` shares one count across workers and instances. Counting is async and
-happens on the event loop as soon as the caller is known, so a refused request never takes a
-request thread or a place in the queue for one. Every limited response carries the IETF
-`RateLimit-Policy` and `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers), so a
-well-behaved agent can pace itself before it is refused.
+each process; `redis://…` shares one count across workers and instances. Counting happens on the
+event loop as soon as the caller is known (in memory it is a dict under a lock; Redis is asked
+asynchronously), so a refused request never waits for a request thread. Every response to a
+limited caller carries the IETF `RateLimit-Policy` and `RateLimit` headers
+(draft-ietf-httpapi-ratelimit-headers), so a well-behaved agent can pace itself before it is refused.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from limits import RateLimitItem, parse_many
-from limits.aio.strategies import MovingWindowRateLimiter
-from limits.errors import StorageError
+from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindow
 from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 
 import telemetry
 from errors import RateLimited
@@ -47,22 +49,28 @@ class Policy:
 
 
 class RateLimiter:
+    """Made when the app starts, on its event loop (an async Redis client belongs to one), and closed when it stops."""
+
     def __init__(self, read: str | None, write: str | None, storage_uri: str) -> None:
         self.policies = {
             kind: Policy(kind, tuple(parse_many(spec))) for kind, spec in (("read", read), ("write", write)) if spec
         }
+        # Moving windows count exactly: no burst at a window's edge, and Retry-After is exact. The
+        # async memory storage would expire entries through a thread-pool hop, taking request
+        # threads; the plain one is a dict under a lock, which the event loop can afford.
+        self.strategy: MovingWindowRateLimiter | AsyncMovingWindow
         if storage_uri.startswith("memory"):
-            storage = storage_from_string(f"async+{storage_uri}")
+            self.strategy = MovingWindowRateLimiter(storage_from_string(storage_uri))
         else:
-            storage = storage_from_string(
-                f"async+{storage_uri}",
-                implementation="redispy",
-                wrap_exceptions=True,
-                socket_timeout=STORAGE_TIMEOUT_SECONDS,
-                socket_connect_timeout=STORAGE_TIMEOUT_SECONDS,
+            self.strategy = AsyncMovingWindow(
+                storage_from_string(
+                    f"async+{storage_uri}",
+                    implementation="redispy",
+                    wrap_exceptions=True,
+                    socket_timeout=STORAGE_TIMEOUT_SECONDS,
+                    socket_connect_timeout=STORAGE_TIMEOUT_SECONDS,
+                )
             )
-        # A moving window counts exactly: no burst at a window's edge, and Retry-After is exact.
-        self.strategy = MovingWindowRateLimiter(storage)
         self._down_until = -math.inf
         self._warnings = telemetry.Throttle(STORAGE_WARNING_SECONDS, logger)
 
@@ -73,24 +81,37 @@ class RateLimiter:
             return {}
         try:
             return await self._hit(policy, actor_id)
-        except StorageError as error:
+        except RateLimited:
+            raise
+        except Exception as error:  # the storage, whatever its client raised
             self._down_until = time.monotonic() + STORAGE_RETRY_SECONDS
+            cause = getattr(error, "storage_error", error)
             self._warnings.warn(
-                "storage", "Rate limits are not enforced: their storage cannot be reached (%s)", error.storage_error
+                "storage", "Rate limits are not enforced: their storage failed (%s: %s)", type(cause).__name__, cause
             )
             return {}
 
+    async def close(self) -> None:
+        client = getattr(getattr(self.strategy.storage, "bridge", None), "storage", None)
+        if client is not None:
+            await client.aclose()  # the redis.asyncio client, bound to the loop that is ending
+
+    async def _ask(self, method: str, item: RateLimitItem, policy: Policy, actor_id: str) -> Any:
+        answer = getattr(self.strategy, method)(item, policy.kind, actor_id)
+        return await answer if inspect.isawaitable(answer) else answer
+
     async def _hit(self, policy: Policy, actor_id: str) -> dict[str, str]:
-        # Every window is tested before any is counted: a refused request uses up no budget, and
-        # the answer names the window that frees up last.
-        refused = [item for item in policy.items if not await self.strategy.test(item, policy.kind, actor_id)]
+        refused: list[RateLimitItem] = []
+        if len(policy.items) > 1:
+            # Tested first, so that a request one window refuses uses up nothing of the others.
+            refused = [item for item in policy.items if not await self._ask("test", item, policy, actor_id)]
         if not refused:
-            for item in policy.items:
-                await self.strategy.hit(item, policy.kind, actor_id)
+            # A hit is atomic (in Redis, a script): of many requests at once, only the budget's worth pass.
+            refused = [item for item in policy.items if not await self._ask("hit", item, policy, actor_id)]
         now = time.time()
         windows = []
         for item in refused or policy.items:
-            reset_at, remaining = await self.strategy.get_window_stats(item, policy.kind, actor_id)
+            reset_at, remaining = await self._ask("get_window_stats", item, policy, actor_id)
             windows.append((max(1, math.ceil(reset_at - now)), remaining, item))
         # Refused: the longest wait. Let through: the window closest to running out.
         reset, remaining, item = max(windows, key=lambda w: w[0]) if refused else min(windows, key=lambda w: w[1])

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 import anyio.to_thread
 from anyio import CapacityLimiter
 from anyio.lowlevel import RunVar
+from anyio.to_thread import current_default_thread_limiter
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -89,20 +90,23 @@ class Throttle:
         self.logger.warning(message, *args)
 
 
-# Threads for health checks and scrapes, apart from the request threads (anyio's default
-# limiter), so that they answer when every request thread is busy.
+# Threads for readiness checks and for scrapes, apart from the request threads (anyio's default
+# limiter) and from each other, so that each answers when every request thread is busy, and a
+# scrape when readiness checks hang on a database that does not answer.
 PROBE_THREADS = 2
-_probe_limiter: RunVar[CapacityLimiter] = RunVar("taskflow_probe_limiter")
+_probe_limiters: RunVar[dict[str, CapacityLimiter]] = RunVar("taskflow_probe_limiters")
 
 
-def probe_limiter() -> CapacityLimiter:
-    """The event loop's limiter for probe threads (call it on the loop), made on first use like anyio's own."""
+def probe_limiter(kind: str) -> CapacityLimiter:
+    """The event loop's limiter for `kind` of probe (call it on the loop), made on first use like anyio's own."""
     try:
-        return _probe_limiter.get()
+        limiters = _probe_limiters.get()
     except LookupError:
-        limiter = CapacityLimiter(PROBE_THREADS)
-        _probe_limiter.set(limiter)
-        return limiter
+        limiters = {}
+        _probe_limiters.set(limiters)
+    if kind not in limiters:
+        limiters[kind] = CapacityLimiter(PROBE_THREADS)
+    return limiters[kind]
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):
@@ -191,8 +195,8 @@ CONNECTIONS_IN_USE = Gauge(
 CONNECTIONS_WAITING = Gauge(
     "taskflow_db_connections_waiting", "Requests waiting for a database connection", multiprocess_mode="livesum"
 )
-# The saturation signal: requests that arrived to find every request thread busy, as counted when
-# the last request arrived (requests wait for a thread, never for a connection: see main).
+# The saturation signal: requests waiting for a request thread, as counted when a request last
+# arrived or left (requests wait for a thread, never for a connection: see main).
 REQUESTS_WAITING = Gauge(
     "taskflow_requests_waiting", "Requests waiting for a request thread", multiprocess_mode="livesum"
 )
@@ -278,7 +282,7 @@ def metrics_registry() -> CollectorRegistry:
 async def serve_metrics() -> Response:
     # Off the request threads: a scrape must answer when they are all busy, which is when it
     # matters most. Reading the workers' files takes a few milliseconds.
-    body = await anyio.to_thread.run_sync(generate_latest, metrics_registry(), limiter=probe_limiter())
+    body = await anyio.to_thread.run_sync(generate_latest, metrics_registry(), limiter=probe_limiter("metrics"))
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
@@ -333,6 +337,8 @@ class RequestTelemetry:
             requests, durations = _request_series(method, template, status)
             requests.inc()
             durations.observe(seconds)
+            # Also as a request leaves, so that the gauge falls back once a burst is served.
+            note_requests_waiting(current_default_thread_limiter().statistics().tasks_waiting)
         if not request_logger.isEnabledFor(logging.INFO):
             return
         state = scope.get("state") or {}
@@ -429,10 +435,13 @@ def _start_tracing(app: FastAPI, endpoint: str) -> None:
         if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
             trace.set_tracer_provider(provider)
         _tracer_provider = provider
-    # A scrape or a load balancer's health check every few seconds would bury the requests; and
+    # A scrape or a load balancer's health checks every few seconds would bury the requests; and
     # a span per ASGI message sent or received would cost more than it tells.
     FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="/metrics$,/health$", tracer_provider=_tracer_provider, exclude_spans=["receive", "send"]
+        app,
+        excluded_urls="/metrics$,/health$,/api/health/db$",
+        tracer_provider=_tracer_provider,
+        exclude_spans=["receive", "send"],
     )
 
 

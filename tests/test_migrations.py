@@ -336,6 +336,8 @@ def bad_configuration(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
         ("ALLOWED_ORIGINS", "http://localhost:3000,*"),
         ("DATABASE_URL", "mysql://x"),
         ("DATABASE_URL", "not a database url"),
+        ("DATABASE_URL", "sqlite://"),  # in memory: each connection would have a database of its own
+        ("DATABASE_URL", "sqlite:///:memory:"),
         ("JWKS_CACHE_TTL", "abc"),
         ("AUTH_SERVER_URL", "not a url"),
     ],

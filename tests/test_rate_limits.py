@@ -8,6 +8,7 @@ write changes nothing. With the Redis unreachable, requests are let through (fai
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -198,7 +199,7 @@ def test_a_refused_request_uses_up_no_budget_and_names_the_longest_wait(settings
             with pytest.raises(RateLimited):
                 await limiter.check("bob", writing=False)
         hour = parse_many("5/hour")[0]
-        stats = await limiter.strategy.get_window_stats(hour, "read", "bob")
+        stats = limiter.strategy.get_window_stats(hour, "read", "bob")  # in memory: a plain call
         return stats.remaining
 
     assert anyio.run(refused_twice_then_counted) == 3  # the two refusals took nothing from the hour
@@ -250,6 +251,24 @@ def test_instances_sharing_redis_share_one_budget(settings: Settings, make_token
         assert left == [4, 3, 2, 1, 0]
         assert_rate_limited(first.get("/api/tasks", headers=headers), "read-60s", policy)
         assert_rate_limited(second.get("/api/tasks", headers=headers), "read-60s", policy)
+
+
+def test_many_requests_at_once_get_only_the_budget_through_redis(redis_url: str) -> None:
+    caller = f"redis-caller-{uuid.uuid4().hex}"
+
+    async def twenty_at_once() -> tuple[int, int]:
+        limiter = RateLimiter("5/minute", None, redis_url)
+        try:
+            results = await asyncio.gather(
+                *(limiter.check(caller, writing=False) for _ in range(20)), return_exceptions=True
+            )
+        finally:
+            await limiter.close()
+        allowed = sum(1 for result in results if isinstance(result, dict) and result)
+        refused = sum(1 for result in results if isinstance(result, RateLimited))
+        return allowed, refused
+
+    assert anyio.run(twenty_at_once) == (5, 15)
 
 
 def test_a_redis_that_hangs_is_given_up_on_and_requests_go_through(settings: Settings, auth: AuthHeaders) -> None:

@@ -407,19 +407,28 @@ def test_metrics_add_up_every_worker(tmp_path: Path, make_token: TokenFactory, j
                 sent += 20
                 if all(worker_reads(path) > 0 for path in directory.glob("counter_*.db")):
                     break
-        per_worker = [worker_reads(path) for path in sorted(directory.glob("counter_*.db"))]
-        assert len(per_worker) == 2
-        assert all(count > 0 for count in per_worker), per_worker
-        assert sum(per_worker) == sent
 
-        response = httpx.get(f"{server.url}/metrics")
-        assert response.status_code == 200, response.text
-        samples = parse_metrics(response.text)
+        # A worker counts a request just after its response is sent: wait, boundedly, for the last.
+        deadline = time.monotonic() + 10
+        while True:
+            response = httpx.get(f"{server.url}/metrics")
+            assert response.status_code == 200, response.text
+            samples = parse_metrics(response.text)
+            if (
+                value(samples, "taskflow_http_requests_total", **task_reads("200")) >= sent
+                or time.monotonic() > deadline
+            ):
+                break
+            time.sleep(0.05)
         # Whichever worker answered the scrape, it reports what both counted.
         assert value(samples, "taskflow_http_requests_total", **task_reads("200")) == sent
         assert value(samples, "taskflow_http_request_duration_seconds_count", **task_reads("200")) == sent
         assert value(samples, "taskflow_db_connections_in_use") == 0
         assert value(samples, "taskflow_info", version=VERSION) == 1
+        per_worker = [worker_reads(path) for path in sorted(directory.glob("counter_*.db"))]
+        assert len(per_worker) == 2
+        assert all(count > 0 for count in per_worker), per_worker
+        assert sum(per_worker) == sent
 
     # Each worker, stopping, took its live gauges out of the sum.
     assert list(directory.glob("gauge_livesum_*.db")) == []
