@@ -297,7 +297,7 @@ class RequestTelemetry:
     """Log each HTTP request once, on `taskflow.request`, and observe it in the request metrics.
 
     The route is the template (`/api/tasks/{task_id}`), never the path, so a metric's series stay
-    few; an unrouted request is "unmatched". /metrics itself is neither logged nor counted. When
+    few; an unrouted request is "unmatched", and one to the docs, which are not API routes, "other". /metrics itself is neither logged nor counted. When
     tracing is on, the line also names the request's `trace_id`.
     """
 
@@ -332,7 +332,10 @@ class RequestTelemetry:
         if method not in KNOWN_METHODS:
             method = "OTHER"
         route = scope.get("route")
-        template: str = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+        template: str | None = getattr(route, "path_format", None) or getattr(route, "path", None)
+        if template is None:
+            # Only API routes name themselves in the scope; the docs and their files do not.
+            template = "unmatched" if status == 404 else "other"
         if self.metrics:
             requests, durations = _request_series(method, template, status)
             requests.inc()
