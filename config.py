@@ -22,7 +22,7 @@ def _rate_limit(value: str) -> str:
     return value
 
 
-RateLimit = Annotated[str, AfterValidator(_rate_limit)]
+RateLimitSpec = Annotated[str, AfterValidator(_rate_limit)]
 
 
 def _http_url(value: str, name: str) -> str:
@@ -77,8 +77,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
 
     # Requests per caller (worker id), e.g. "600/minute" or "10/second;600/minute"; unset: no limit.
-    rate_limit_read: RateLimit | None = None
-    rate_limit_write: RateLimit | None = None
+    rate_limit_read: RateLimitSpec | None = None
+    rate_limit_write: RateLimitSpec | None = None
     # memory:// keeps each process's own count; redis://host:6379 shares one budget across
     # workers and instances.
     rate_limit_storage: str = "memory://"
