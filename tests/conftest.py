@@ -245,6 +245,19 @@ def db(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+def terminate_backends(db: Engine) -> int:
+    """Kill every other connection to the test's PostgreSQL database, as a restart or a pooler would; how many."""
+    with db.connect() as connection:
+        killed = connection.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+        connection.commit()
+    return int(killed)
+
+
 # ---------------------------------------------------------------- the app
 
 

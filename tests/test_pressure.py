@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-from conftest import AuthHeaders, LiveServer, captured_warnings, serving
+from conftest import AuthHeaders, LiveServer, captured_warnings, serving, terminate_backends
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
@@ -527,14 +527,7 @@ def test_connections_killed_under_the_app_are_replaced_without_an_error(
         assert client.post("/api/tasks", json={"title": f"Before {number}"}, headers=headers).status_code == 201
 
     def kill_the_apps_connections() -> None:
-        with db.connect() as connection:
-            killed = connection.execute(
-                text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            ).scalar_one()
-        assert killed >= 1
+        assert terminate_backends(db) >= 1
 
     kill_the_apps_connections()
     created = client.post("/api/tasks", json={"title": "After the kill"}, headers=headers)

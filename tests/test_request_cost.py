@@ -20,7 +20,7 @@ from typing import Any
 import anyio.to_thread
 import httpx
 import pytest
-from conftest import JWKSServer, TokenFactory, insert
+from conftest import JWKSServer, TokenFactory, insert, terminate_backends
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
@@ -357,18 +357,6 @@ def test_an_agents_new_type_shows_in_audit_rows_written_by_an_app_that_never_saw
 
 
 # ---------------------------------------------------------------- connections the server closed
-
-
-def terminate_backends(db: Engine) -> int:
-    with db.connect() as connection:
-        killed = connection.execute(
-            text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        ).scalar_one()
-        connection.commit()
-    return int(killed)
 
 
 @pytest.mark.skipif(not ON_POSTGRESQL, reason="closing a server connection is a PostgreSQL matter")
