@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Protocol
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Executable, String, bindparam, insert, literal, null
 from sqlmodel import Session, select
 
-from models import AuditLog, Worker, WorkerType, utc_now
+from models import AuditAction, AuditLog, Worker, WorkerType, utc_now
 
 # TaskFlow itself, when it changes a task on its own (a lease running out); it has no worker row.
 SYSTEM_ID = "system"
@@ -39,13 +40,27 @@ def json_value(value: Any) -> Any:
     return value
 
 
-def changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
-    """`{"field": [old, new]}` for each field whose value differs."""
+# An audit row's context says what changed as `{"field": [old, new]}`; these three are the only
+# ways to write one, so a reader of the log meets one shape for every action.
+
+
+def changed(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """`{"field": [old, new]}` for each field of `after` whose value differs from `before`'s."""
     return {
         field: [json_value(before.get(field)), json_value(new)]
         for field, new in after.items()
         if before.get(field) != new
     }
+
+
+def created(fields: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """`{"field": [None, value]}` for each field that has a value."""
+    return changed({}, fields)
+
+
+def removed(fields: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """`{"field": [value, None]}` for each field that had a value."""
+    return changed(fields, dict.fromkeys(fields))
 
 
 _AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
@@ -63,13 +78,13 @@ _INSERT_AS_SYSTEM = insert(_AUDIT).values(actor_type=WorkerType.system, owner_id
 
 
 def _values(
-    actor: Actor, action: str, task_id: int | None, project_slug: str | None, context: dict[str, Any] | None
+    actor: Actor, action: AuditAction, task_id: int | None, project_slug: str | None, context: dict[str, Any] | None
 ) -> dict[str, Any]:
     return {
         "task_id": task_id,
         "project_slug": project_slug,
         "actor_id": actor.id,
-        "action": action,
+        "action": action.value,
         "context": {key: json_value(value) for key, value in (context or {}).items()},
         "request_id": current_request_id.get(),
         "timestamp": utc_now(),
@@ -79,7 +94,7 @@ def _values(
 def record(
     session: Session,
     actor: Actor,
-    action: str,
+    action: AuditAction,
     *,
     task_id: int | None = None,
     project_slug: str | None = None,
@@ -99,7 +114,7 @@ def _insert(connection: Connection, actor: Actor, values: dict[str, Any]) -> Non
 def record_change(
     session: Session,
     actor: Actor,
-    action: str,
+    action: AuditAction,
     change: Executable,
     change_params: dict[str, Any],
     *,

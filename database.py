@@ -256,6 +256,13 @@ _LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 
 
+def connection_of(session: Session) -> Connection:
+    """The session's connection, for a Core statement that skips the ORM, with pending changes flushed
+    first as the ORM would (a caller's first request adds its worker and audit rows)."""
+    session.flush()
+    return session.connection()
+
+
 def advisory_lock(session: Session, name: str, *, wait: bool = True) -> bool:
     """Take a PostgreSQL lock on `name` until the transaction ends; False if `wait` is off and it is taken.
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from anyio.to_thread import current_default_thread_limiter
-from fastapi import Depends, Header, Path, Query, Request, Response
+from fastapi import Body, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import ResponseValidationError
@@ -34,10 +35,11 @@ from starlette.responses import Response as StarletteResponse
 import idempotency
 import services
 import telemetry
+from access import SYSTEM, Actor, actor_for
 from auth import InvalidToken, JWKSVerifier, KeySetUnavailable, Principal
 from database import mark_read_only
 from errors import BUSY_RETRY_AFTER_SECONDS, ServiceUnavailable, Unauthorized
-from models import MAX_ID, MAX_LEASE_SECONDS, MAX_OFFSET, SLUG_PATTERN, WORKER_ID_PATTERN
+from models import MAX_ID, MAX_LEASE_SECONDS, MAX_OFFSET, SLUG_PATTERN, WORKER_ID_PATTERN, ClaimRequest
 from ratelimit import RateLimiter
 
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -70,7 +72,7 @@ def _verify(verifier: JWKSVerifier, token: str) -> Principal:
 
 async def get_current_user(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
-) -> services.Actor:
+) -> Actor:
     if credentials is None:
         raise Unauthorized("Missing bearer token: send 'Authorization: Bearer <JWT>'")
     verifier: JWKSVerifier = request.app.state.verifier
@@ -79,7 +81,7 @@ async def get_current_user(
     principal = verifier.cached(credentials.credentials)
     if principal is None:
         principal = await run_in_threadpool(_verify, verifier, credentials.credentials)
-    actor = services.actor_for(principal)
+    actor = actor_for(principal)
     state = request.scope["state"]
     state["actor"] = actor  # for the request log
     limiter: RateLimiter | None = request.app.state.rate_limiter
@@ -89,7 +91,7 @@ async def get_current_user(
     return actor
 
 
-CurrentUser = Annotated[services.Actor, Depends(get_current_user)]
+CurrentUser = Annotated[Actor, Depends(get_current_user)]
 
 
 class KnownWorkers:
@@ -139,7 +141,7 @@ class RequestSession(Session):
         self.engine = engine
         self.reading = reading
         self.known_workers = known_workers
-        self.actor = services.SYSTEM
+        self.actor = SYSTEM
         self.register = False
         self.idempotency_key: str | None = None
         self.fingerprint: str | None = None
@@ -152,7 +154,7 @@ class RequestSession(Session):
         # A first request of a caller writes their worker row, whatever its method.
         return self.reading and not self.register
 
-    def begin_for(self, actor: services.Actor) -> None:
+    def begin_for(self, actor: Actor) -> None:
         """Open the request's connection and transaction for `actor`: autocommit for a read."""
         self.actor = actor
         # A caller seen for the first time gets its worker row in the same transaction.
@@ -227,12 +229,6 @@ Offset = Annotated[
 ]
 
 
-async def get_default_lease(request: Request) -> int | None:
-    lease: int | None = request.app.state.settings.lease_seconds
-    return lease
-
-
-DefaultLease = Annotated[int | None, Depends(get_default_lease)]
 IfMatch = Annotated[
     str | None,
     Header(alias="If-Match", max_length=1000, description="The task's ETag as you read it: refuse if it changed since"),
@@ -240,6 +236,58 @@ IfMatch = Annotated[
 LeaseSeconds = Annotated[
     int | None, Query(ge=1, le=MAX_LEASE_SECONDS, description="Seconds the claim lasts without a heartbeat")
 ]
+
+
+# ---------------------------------------------------------------- versions and leases, from HTTP to typed values
+
+# A task's ETag is its version, quoted: a strong tag, since a version names exactly one representation.
+_ETAG = re.compile(r'"(0|[1-9][0-9]{0,17})"')
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+async def get_expected_version(if_match: IfMatch = None) -> frozenset[int] | None:
+    """The versions `If-Match` accepts; None when any will do (no header, or `*`).
+
+    Weak tags (`W/"3"`) are taken as strong ones: a task has no weaker form. A tag that names no
+    version of ours matches none, so the change is refused (412) rather than let through.
+    """
+    if if_match is None:
+        return None
+    tags = {tag.strip().removeprefix("W/") for tag in if_match.split(",")}
+    if "*" in tags:
+        return None
+    return frozenset(int(match.group(1)) for tag in tags if (match := _ETAG.fullmatch(tag)))
+
+
+ExpectedVersion = Annotated[frozenset[int] | None, Depends(get_expected_version)]
+
+
+def _lease(request: Request, asked: int | None) -> int | None:
+    """The lease asked for, else the server's default (LEASE_SECONDS; None: work is not leased)."""
+    default: int | None = request.app.state.settings.lease_seconds
+    return asked or default
+
+
+async def get_default_lease(request: Request) -> int | None:
+    return _lease(request, None)
+
+
+async def get_start_lease(request: Request, lease_seconds: LeaseSeconds = None) -> int | None:
+    return _lease(request, lease_seconds)
+
+
+async def get_claim(http_request: Request, request: Annotated[ClaimRequest | None, Body()] = None) -> ClaimRequest:
+    """What a claim asks for, its lease made the one it will get."""
+    claim = request or ClaimRequest()
+    return claim.model_copy(update={"lease_seconds": _lease(http_request, claim.lease_seconds)})
+
+
+DefaultLease = Annotated[int | None, Depends(get_default_lease)]
+StartLease = Annotated[int | None, Depends(get_start_lease)]
+Claim = Annotated[ClaimRequest, Depends(get_claim)]
 
 
 # ---------------------------------------------------------------- idempotency keys
@@ -293,7 +341,7 @@ class TaskFlowRoute(APIRoute):
         session = next((value for value in values.values() if isinstance(value, RequestSession)), None)
         if session is None:
             return self._render(endpoint(**values), values)
-        actor = next((value for value in values.values() if isinstance(value, services.Actor)), None)
+        actor = next((value for value in values.values() if isinstance(value, Actor)), None)
         if actor is None:
             raise TypeError(f"{endpoint.__name__} takes a session but not the caller (CurrentUser)")
         with session:

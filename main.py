@@ -38,9 +38,10 @@ from auth import JWKSVerifier
 from config import VERSION, Settings, load_settings
 from database import Outage, Timeouts, check_connection, create_db_engine, migrate, outage
 from dependencies import (
+    Claim,
     CurrentUser,
     DefaultLease,
-    IfMatch,
+    ExpectedVersion,
     KnownWorkers,
     LeaseSeconds,
     Limit,
@@ -48,9 +49,11 @@ from dependencies import (
     OtherTaskId,
     ProjectSlug,
     SessionDep,
+    StartLease,
     TaskFlowRoute,
     TaskId,
     WorkerIdPath,
+    etag,
     get_engine,
 )
 from errors import (
@@ -65,7 +68,6 @@ from errors import (
 from models import (
     AuditQuery,
     AuditRead,
-    ClaimRequest,
     DatabaseHealth,
     DependencyCreate,
     ErrorBody,
@@ -94,6 +96,7 @@ from models import (
 from ratelimit import RateLimiter
 from size_limits import SizeLimitMiddleware
 from sweeper import LeaseSweeper
+from workflow import TaskRecord, as_read
 
 logger = logging.getLogger("taskflow")
 GC_YOUNG_THRESHOLD = 20_000
@@ -210,10 +213,11 @@ def counted(request: Request, response: Response, page: services.Page) -> list[A
     return page.rows
 
 
-def tagged(response: Response, task: services.TaskRecord | dict[str, Any]) -> dict[str, Any]:
+def tagged(response: Response, task: TaskRecord | dict[str, Any]) -> dict[str, Any]:
     """The task as every read shows it, with its version as the ETag, for a later If-Match."""
-    response.headers["ETag"] = services.etag(task)
-    return task if isinstance(task, dict) else services.as_read(task, utc_now())
+    read = task if isinstance(task, dict) else as_read(task, utc_now())
+    response.headers["ETag"] = etag(read["version"])
+    return read
 
 
 @api.post("/tasks", response_model=TaskRead, status_code=status.HTTP_201_CREATED, tags=["tasks"], responses=RULE_ERRORS)
@@ -246,11 +250,10 @@ def claim_task(
     response: Response,
     session: SessionDep,
     user: CurrentUser,
-    default_lease: DefaultLease,
-    request: ClaimRequest | None = None,
+    claim: Claim,
 ) -> Any:
     """Start the best task that is ready for you (priority, then due date, then age); 204 if there is none."""
-    task = services.claim_task(session, user, request or ClaimRequest(), lease_seconds=default_lease)
+    task = services.claim_task(session, user, claim)
     telemetry.count_claim(task is not None)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -274,12 +277,11 @@ def start_task(
     response: Response,
     session: SessionDep,
     user: CurrentUser,
-    default_lease: DefaultLease,
-    lease_seconds: LeaseSeconds = None,
-    if_match: IfMatch = None,
+    lease: StartLease,
+    expected_version: ExpectedVersion,
 ) -> dict[str, Any]:
     """Claim a pending task (unassigned, or assigned to you) whose dependencies are done, and begin work on it."""
-    task = services.start_task(session, user, task_id, lease_seconds=lease_seconds or default_lease, if_match=if_match)
+    task = services.start_task(session, user, task_id, lease_seconds=lease, expected_version=expected_version)
     return tagged(response, task)
 
 
@@ -298,27 +300,28 @@ def update_progress(
     session: SessionDep,
     user: CurrentUser,
     percent: Annotated[int, Query(ge=0, le=100, description="Progress, 0 to 100")],
+    expected_version: ExpectedVersion,
     note: Annotated[str | None, Query(max_length=2000, pattern=r"^[^\x00]*$", description="What was done")] = None,
-    if_match: IfMatch = None,
 ) -> dict[str, Any]:
     """Report progress on a task in progress (its assignee); this also renews the lease."""
-    return tagged(response, services.update_progress(session, user, task_id, percent, note, if_match=if_match))
+    task = services.update_progress(session, user, task_id, percent, note, expected_version=expected_version)
+    return tagged(response, task)
 
 
 @api.post("/tasks/{task_id}/review", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)
 def submit_for_review(
-    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
+    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, expected_version: ExpectedVersion
 ) -> dict[str, Any]:
     """Hand a task in progress over for review (its assignee)."""
-    return tagged(response, services.submit_for_review(session, user, task_id, if_match=if_match))
+    return tagged(response, services.submit_for_review(session, user, task_id, expected_version=expected_version))
 
 
 @api.post("/tasks/{task_id}/complete", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)
 def complete_task(
-    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
+    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, expected_version: ExpectedVersion
 ) -> dict[str, Any]:
     """Complete a task in progress or in review (its assignee or a project owner); progress becomes 100."""
-    return tagged(response, services.complete_task(session, user, task_id, if_match=if_match))
+    return tagged(response, services.complete_task(session, user, task_id, expected_version=expected_version))
 
 
 @api.post("/tasks/{task_id}/block", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)
@@ -328,26 +331,26 @@ def block_task(
     session: SessionDep,
     user: CurrentUser,
     reason: Annotated[Note, Query(description="Why it is blocked")],
-    if_match: IfMatch = None,
+    expected_version: ExpectedVersion,
 ) -> dict[str, Any]:
     """Mark a pending, in-progress or in-review task as blocked, with a reason."""
-    return tagged(response, services.block_task(session, user, task_id, reason, if_match=if_match))
+    return tagged(response, services.block_task(session, user, task_id, reason, expected_version=expected_version))
 
 
 @api.post("/tasks/{task_id}/unblock", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)
 def unblock_task(
-    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
+    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, expected_version: ExpectedVersion
 ) -> dict[str, Any]:
     """Unblock a task: back to in_progress if it has an assignee, else to pending."""
-    return tagged(response, services.unblock_task(session, user, task_id, if_match=if_match))
+    return tagged(response, services.unblock_task(session, user, task_id, expected_version=expected_version))
 
 
 @api.post("/tasks/{task_id}/release", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)
 def release_task(
-    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, if_match: IfMatch = None
+    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, expected_version: ExpectedVersion
 ) -> dict[str, Any]:
     """Hand a task you are working on back: pending and unassigned, for someone else to claim."""
-    return tagged(response, services.release_task(session, user, task_id, if_match=if_match))
+    return tagged(response, services.release_task(session, user, task_id, expected_version=expected_version))
 
 
 # ---------------------------------------------------------------- tasks: changes, history, dependencies
@@ -361,10 +364,12 @@ def update_task(
     session: SessionDep,
     user: CurrentUser,
     default_lease: DefaultLease,
-    if_match: IfMatch = None,
+    expected_version: ExpectedVersion,
 ) -> dict[str, Any]:
     """Change the fields sent; a `status` change follows the same state machine as the actions."""
-    task = services.update_task(session, user, task_id, data, lease_seconds=default_lease, if_match=if_match)
+    task = services.update_task(
+        session, user, task_id, data, lease_seconds=default_lease, expected_version=expected_version
+    )
     return tagged(response, task)
 
 

@@ -483,6 +483,33 @@ class TaskQuery(SQLModel):
 # ---------------------------------------------------------------- audit
 
 
+class AuditAction(enum.StrEnum):
+    """What an audit row records. The values are stored; they never change."""
+
+    task_created = "task.created"
+    task_updated = "task.updated"
+    task_deleted = "task.deleted"
+    task_started = "task.started"
+    task_claimed = "task.claimed"
+    task_progress = "task.progress"
+    task_review = "task.review"
+    task_completed = "task.completed"
+    task_blocked = "task.blocked"
+    task_unblocked = "task.unblocked"
+    task_released = "task.released"
+    lease_expired = "lease_expired"
+    dependency_added = "dependency.added"
+    dependency_removed = "dependency.removed"
+    project_created = "project.created"
+    project_updated = "project.updated"
+    project_deleted = "project.deleted"
+    member_added = "member.added"
+    member_updated = "member.updated"
+    member_removed = "member.removed"
+    worker_registered = "worker.registered"
+    worker_updated = "worker.updated"
+
+
 class AuditLog(SQLModel, table=True):
     """One row per change. No foreign key to tasks: history outlives a deleted task."""
 

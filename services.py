@@ -1,8 +1,10 @@
-"""Every business and access rule, and the task state machine.
+"""The board's operations: workers, projects and members, task CRUD, lists, claims, dependencies, the audit log.
 
 Plain functions `verb_noun(session, actor, ...)`. They read and write through the
 session they are given and may `flush`, but never commit: the request's transaction
-does that once. Access is filtered in SQL; what a caller may not see is `NotFound`.
+does that once. Who may see and change what is `access`; how a task moves is `workflow`,
+and the workflow's actions here are one line each over it. Values arrive typed (an
+expected version, a lease in seconds): nothing here knows HTTP.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 import base64
 import functools
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -36,31 +38,34 @@ from sqlalchemy import (
 )
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 import audit
-import telemetry
-from auth import Principal
-from database import advisory_lock
-from errors import (
-    BadRequest,
-    Conflict,
-    Forbidden,
-    InvalidTransition,
-    LeaseLost,
-    NotFound,
-    PreconditionFailed,
-    Unauthorized,
-    UnfinishedDependencies,
+import workflow
+from access import (
+    CALLER,
+    MY_PROJECT_SLUGS,
+    SYSTEM,
+    VISIBLE_TO_CALLER,
+    Actor,
+    check_assignee,
+    is_task_owner,
+    member_role,
+    require_creator_or_owner,
+    require_project_owner,
+    visible_audit,
+    visible_project,
+    visible_task,
 )
+from database import advisory_lock, connection_of
+from errors import BadRequest, Conflict, Forbidden, NotFound
 from models import (
     MAX_ID,
     PRIORITY_RANK,
     TASK_TABLE,
+    AuditAction,
     AuditLog,
     AuditQuery,
     ClaimRequest,
@@ -79,7 +84,6 @@ from models import (
     TaskDependency,
     TaskPriority,
     TaskQuery,
-    TaskRead,
     TaskSort,
     TaskStatus,
     TaskUpdate,
@@ -91,39 +95,30 @@ from models import (
     as_utc,
     utc_now,
 )
+from workflow import (
+    READ_FIELDS,
+    TASK_COLUMNS,
+    TASK_FIELDS,
+    TaskRecord,
+    as_read,
+    expire_lease,
+    expire_leases,
+    has_run_out,
+    lease_ran_out,
+    ready,
+    save,
+    status_is,
+    unfinished_dependency,
+)
 
 Statement = TypeVar("Statement", Select[Any], SelectOfScalar[Any])
 # How deep a chain of subtasks may go; it also bounds the cycle check.
 MAX_TASK_DEPTH = 100
 
 
-@dataclass(frozen=True)
-class Actor:
-    """The authenticated caller: who, and with which role. Whether a human or an agent is read
-    from the worker registry by the audit row itself, so it is never stale."""
-
-    id: str
-    role: str = "user"
-    # How the caller's token names them: the name of their worker row when first seen.
-    name: str | None = field(default=None, compare=False)
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-
-# Who acts when TaskFlow itself changes a task, e.g. when a lease runs out.
-SYSTEM = Actor(id=audit.SYSTEM_ID, role="system")
 # An exact count costs a scan of every matching row. Up to this many it costs what the page
 # costs at any table size; past it, X-Total-Count says this and that it is not exact.
 COUNT_CAP = 1_000
-
-
-def _core(session: Session) -> Connection:
-    """The session's connection, for a Core statement that skips the ORM, with pending changes flushed
-    first as the ORM would (a caller's first request adds its worker and audit rows)."""
-    session.flush()
-    return session.connection()
 
 
 @dataclass(frozen=True)
@@ -150,63 +145,7 @@ def paginate(session: Session, query: SelectOfScalar[Any], limit: int, offset: i
     return Page(list(rows), total, exact)
 
 
-# ---------------------------------------------------------------- who may see what
-
-
-def _my_projects(actor: Actor) -> Select[Any]:
-    return select(ProjectMember.project_slug).where(ProjectMember.worker_id == actor.id)
-
-
-def _visible_task(actor: Actor) -> ColumnElement[bool]:
-    """Tasks in my projects, and project-less tasks I created or am assigned."""
-    if actor.is_admin:
-        return true()
-    return or_(
-        col(Task.project_slug).in_(_my_projects(actor)),
-        (col(Task.project_slug).is_(None)) & ((Task.created_by == actor.id) | (Task.assigned_to == actor.id)),
-    )
-
-
-def _visible_project(actor: Actor) -> ColumnElement[bool]:
-    return true() if actor.is_admin else col(Project.slug).in_(_my_projects(actor))
-
-
-def _visible_audit(actor: Actor) -> ColumnElement[bool]:
-    if actor.is_admin:
-        return true()
-    my_loose_tasks = select(Task.id).where(
-        col(Task.project_slug).is_(None), (Task.created_by == actor.id) | (Task.assigned_to == actor.id)
-    )
-    return or_(
-        col(AuditLog.project_slug).in_(_my_projects(actor)),
-        col(AuditLog.project_slug).is_(None) & col(AuditLog.task_id).in_(my_loose_tasks),
-        # Rows about no task and no project (worker registrations) belong to whoever wrote them.
-        col(AuditLog.project_slug).is_(None) & col(AuditLog.task_id).is_(None) & (AuditLog.actor_id == actor.id),
-    )
-
-
-def _member_role(session: Session, project_slug: str, worker_id: str) -> ProjectRole | None:
-    member = session.get(ProjectMember, (project_slug, worker_id))
-    return None if member is None else member.role
-
-
-def _is_task_owner(session: Session, actor: Actor, task: TaskRecord) -> bool:
-    """A project owner for a project's task; its creator for a task without a project."""
-    if actor.is_admin:
-        return True
-    if task.project_slug is None:
-        return task.created_by == actor.id
-    return _member_role(session, task.project_slug, actor.id) == ProjectRole.owner
-
-
 # ---------------------------------------------------------------- workers
-
-
-def actor_for(principal: Principal) -> Actor:
-    if principal.id == SYSTEM.id:
-        raise Unauthorized(f"'{SYSTEM.id}' is reserved for TaskFlow itself")
-    name = (principal.name or principal.email or principal.id)[:200]
-    return Actor(id=principal.id, role=principal.role, name=name)
 
 
 def register_human(session: Session, actor: Actor) -> str:
@@ -220,7 +159,9 @@ def register_human(session: Session, actor: Actor) -> str:
         .on_conflict_do_nothing(index_elements=["id"])
     )
     if result.rowcount == 1:  # type: ignore[attr-defined]
-        audit.record(session, actor, "worker.registered", context={"type": [None, "human"], "name": [None, name]})
+        audit.record(
+            session, actor, AuditAction.worker_registered, context=audit.created({"type": "human", "name": name})
+        )
         return WorkerType.human.value
     return str(session.execute(select(Worker.type).where(Worker.id == actor.id)).scalar_one().value)
 
@@ -252,7 +193,7 @@ def register_worker(session: Session, actor: Actor, data: WorkerCreate) -> Worke
     worker = Worker(**data.model_dump())
     session.add(worker)
     _flush_or_conflict(session, f"Worker '{data.id}' is already registered")
-    audit.record(session, actor, "worker.registered", context=audit.changes({}, data.model_dump()))
+    audit.record(session, actor, AuditAction.worker_registered, context=audit.created(data.model_dump()))
     return worker
 
 
@@ -273,12 +214,12 @@ def update_worker(session: Session, actor: Actor, worker_id: str, data: WorkerUp
         if owned is not None:
             raise Conflict(f"'{worker.id}' is accountable for agent '{owned}', so it must stay a human")
     _check_owner(session, fields.get("type", worker.type), fields.get("owner_id", worker.owner_id))
-    diff = audit.changes(worker.model_dump(), fields)
+    diff = audit.changed(worker.model_dump(), fields)
     if diff:
         for field, value in fields.items():
             setattr(worker, field, value)
         session.add(worker)
-        audit.record(session, actor, "worker.updated", context={"worker_id": worker.id, **diff})
+        audit.record(session, actor, AuditAction.worker_updated, context={"worker_id": worker.id, **diff})
     return worker
 
 
@@ -299,7 +240,7 @@ def _check_owner(session: Session, worker_type: WorkerType, owner_id: str | None
 
 
 def list_projects(session: Session, actor: Actor, limit: int, offset: int) -> Page:
-    return paginate(session, select(Project).where(_visible_project(actor)), limit, offset, Project.slug)
+    return paginate(session, select(Project).where(visible_project(actor)), limit, offset, Project.slug)
 
 
 def get_project(session: Session, actor: Actor, slug: str, *, for_update: bool = False) -> Project:
@@ -308,11 +249,6 @@ def get_project(session: Session, actor: Actor, slug: str, *, for_update: bool =
     if project is None:
         raise NotFound(f"Project '{slug}' not found")
     return project
-
-
-def _require_project_owner(session: Session, actor: Actor, project: Project) -> None:
-    if not actor.is_admin and _member_role(session, project.slug, actor.id) != ProjectRole.owner:
-        raise Forbidden(f"Only an owner of project '{project.slug}' may do this")
 
 
 def create_project(session: Session, actor: Actor, data: ProjectCreate) -> Project:
@@ -328,27 +264,27 @@ def create_project(session: Session, actor: Actor, data: ProjectCreate) -> Proje
     _flush_or_conflict(session, f"Project '{data.slug}' already exists")
     session.add(ProjectMember(project_slug=project.slug, worker_id=actor.id, role=ProjectRole.owner))
     audit.record(
-        session, actor, "project.created", project_slug=project.slug, context=audit.changes({}, data.model_dump())
+        session, actor, AuditAction.project_created, project_slug=project.slug, context=audit.created(data.model_dump())
     )
     return project
 
 
 def update_project(session: Session, actor: Actor, slug: str, data: ProjectUpdate) -> Project:
     project = get_project(session, actor, slug, for_update=True)
-    _require_project_owner(session, actor, project)
+    require_project_owner(session, actor, project.slug)
     fields = data.model_dump(exclude_unset=True)
-    diff = audit.changes(project.model_dump(), fields)
+    diff = audit.changed(project.model_dump(), fields)
     if diff:
         for field, value in fields.items():
             setattr(project, field, value)
         session.add(project)
-        audit.record(session, actor, "project.updated", project_slug=slug, context=diff)
+        audit.record(session, actor, AuditAction.project_updated, project_slug=slug, context=diff)
     return project
 
 
 def delete_project(session: Session, actor: Actor, slug: str) -> None:
     project = get_project(session, actor, slug, for_update=True)
-    _require_project_owner(session, actor, project)
+    require_project_owner(session, actor, project.slug)
     tasks = session.exec(select(func.count()).where(Task.project_slug == slug)).one()
     if tasks:
         raise BadRequest(f"Project '{slug}' still has {tasks} task(s); delete or move them first")
@@ -357,9 +293,9 @@ def delete_project(session: Session, actor: Actor, slug: str) -> None:
     audit.record(
         session,
         actor,
-        "project.deleted",
+        AuditAction.project_deleted,
         project_slug=slug,
-        context=audit.changes(project.model_dump(), {"name": None}),
+        context=audit.removed({"name": project.name}),
     )
 
 
@@ -371,15 +307,15 @@ def list_members(session: Session, actor: Actor, slug: str, limit: int, offset: 
 
 def add_member(session: Session, actor: Actor, slug: str, data: MemberCreate) -> ProjectMember:
     project = get_project(session, actor, slug, for_update=True)
-    _require_project_owner(session, actor, project)
+    require_project_owner(session, actor, project.slug)
     if session.get(Worker, data.worker_id) is None:
         raise NotFound(f"Worker '{data.worker_id}' not found")
-    if _member_role(session, slug, data.worker_id) is not None:
+    if member_role(session, slug, data.worker_id) is not None:
         raise Conflict(f"Worker '{data.worker_id}' is already a member of '{slug}'")
     member = ProjectMember(project_slug=slug, worker_id=data.worker_id, role=data.role)
     session.add(member)
     _flush_or_conflict(session, f"Worker '{data.worker_id}' is already a member of '{slug}'")
-    audit.record(session, actor, "member.added", project_slug=slug, context=audit.changes({}, data.model_dump()))
+    audit.record(session, actor, AuditAction.member_added, project_slug=slug, context=audit.created(data.model_dump()))
     return member
 
 
@@ -398,23 +334,23 @@ def _owner_count(session: Session, slug: str) -> int:
 
 def update_member(session: Session, actor: Actor, slug: str, worker_id: str, data: MemberUpdate) -> ProjectMember:
     project = get_project(session, actor, slug, for_update=True)
-    _require_project_owner(session, actor, project)
+    require_project_owner(session, actor, project.slug)
     member = _get_member(session, slug, worker_id)
     if member.role == data.role:
         return member
     if member.role == ProjectRole.owner and _owner_count(session, slug) == 1:
         raise Conflict(f"'{worker_id}' is the last owner of '{slug}'; make someone else an owner first")
-    diff = {"worker_id": worker_id, **audit.changes({"role": member.role}, {"role": data.role})}
+    diff = {"worker_id": worker_id, **audit.changed({"role": member.role}, {"role": data.role})}
     member.role = data.role
     session.add(member)
-    audit.record(session, actor, "member.updated", project_slug=slug, context=diff)
+    audit.record(session, actor, AuditAction.member_updated, project_slug=slug, context=diff)
     return member
 
 
 def remove_member(session: Session, actor: Actor, slug: str, worker_id: str) -> None:
     project = get_project(session, actor, slug, for_update=True)
     if worker_id != actor.id:  # anyone may leave; only owners remove others
-        _require_project_owner(session, actor, project)
+        require_project_owner(session, actor, project.slug)
     member = _get_member(session, slug, worker_id)
     if member.role == ProjectRole.owner and _owner_count(session, slug) == 1:
         raise Conflict(f"'{worker_id}' is the last owner of '{slug}' and cannot be removed")
@@ -429,9 +365,9 @@ def remove_member(session: Session, actor: Actor, slug: str, worker_id: str) -> 
     audit.record(
         session,
         actor,
-        "member.removed",
+        AuditAction.member_removed,
         project_slug=slug,
-        context={"worker_id": [worker_id, None], "role": [member.role.value, None]},
+        context=audit.removed({"worker_id": worker_id, "role": member.role}),
     )
 
 
@@ -445,73 +381,15 @@ _SORT_COLUMNS: dict[str, Any] = {
 }
 # What a read fetches: the columns of TaskRead, as plain rows rather than ORM objects. The
 # statements are built once, with the caller as a parameter: building one costs more than running it.
-_READ_FIELDS = list(TaskRead.model_fields)
 # Status and priority are read as the strings they are stored as: JSON needs nothing more, and
 # making each an enum member would cost more than the query on a page of fifty.
 _READ_COLUMNS = [
     type_coerce(column, String()).label(column.name) if isinstance(column.type, Enum) else column
-    for column in (TASK_TABLE.c[name] for name in _READ_FIELDS)
+    for column in (TASK_TABLE.c[name] for name in READ_FIELDS)
 ]
-_CALLER = bindparam("caller", type_=String())
-_VISIBLE_TO_CALLER = or_(
-    TASK_TABLE.c.project_slug.in_(
-        select(ProjectMember.project_slug).where(col(ProjectMember.worker_id) == _CALLER).scalar_subquery()
-    ),
-    and_(
-        TASK_TABLE.c.project_slug.is_(None),
-        or_(TASK_TABLE.c.created_by == _CALLER, TASK_TABLE.c.assigned_to == _CALLER),
-    ),
-)
 # By whether the caller is an admin, who sees every task.
-_READ_TASKS = {False: select(*_READ_COLUMNS).where(_VISIBLE_TO_CALLER), True: select(*_READ_COLUMNS)}
+_READ_TASKS = {False: select(*_READ_COLUMNS).where(VISIBLE_TO_CALLER), True: select(*_READ_COLUMNS)}
 _READ_TASK = {admin: query.where(TASK_TABLE.c.id == bindparam("task_id")) for admin, query in _READ_TASKS.items()}
-
-
-# Every column the ORM maps: what the workflow loads, changes and writes back.
-TASK_FIELDS = tuple(Task.model_fields)
-_TASK_COLUMNS = [TASK_TABLE.c[name] for name in TASK_FIELDS]
-
-
-class TaskRecord(TaskRead):
-    """A task as the workflow reads and changes it: plain attributes, no ORM unit of work.
-
-    `_write` sends one UPDATE of the columns that changed; a request that changes a task pays
-    for one statement, not for the ORM's bookkeeping.
-    """
-
-    lease_seconds: int | None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any] | RowMapping) -> TaskRecord:
-        return cls.model_construct(**{name: row[name] for name in TASK_FIELDS})
-
-    def values(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in TASK_FIELDS}
-
-
-@functools.lru_cache(maxsize=64)
-def _update_task(columns: tuple[str, ...]) -> Any:
-    return (
-        TASK_TABLE.update()
-        .where(TASK_TABLE.c.id == bindparam("task_id", type_=Integer()))
-        .values({name: bindparam(name, type_=TASK_TABLE.c[name].type) for name in columns})
-        .returning(TASK_TABLE.c.id)
-    )
-
-
-def _changes(task: TaskRecord, before: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
-    """The UPDATE of what changed in `task` since it was as `before` (as loaded), and its parameters."""
-    changed = {name: value for name, value in task.values().items() if value != before[name]}
-    if not changed:
-        return None
-    return _update_task(tuple(sorted(changed))), {"task_id": task.id, **changed}
-
-
-def _write(session: Session, task: TaskRecord, before: dict[str, Any]) -> None:
-    """Send what changed in `task` since it was as `before`: one UPDATE, or nothing."""
-    update = _changes(task, before)
-    if update is not None:
-        session.connection().execute(*update)
 
 
 def _by_role_and_lock(mine: Statement, every: Statement) -> dict[tuple[bool, bool], Statement]:
@@ -523,12 +401,10 @@ def _by_role_and_lock(mine: Statement, every: Statement) -> dict[tuple[bool, boo
     }
 
 
-_TASK = select(*_TASK_COLUMNS).where(TASK_TABLE.c.id == bindparam("task_id", type_=Integer()))
-_GET_TASK = _by_role_and_lock(_TASK.where(_VISIBLE_TO_CALLER), _TASK)
+_TASK = select(*TASK_COLUMNS).where(TASK_TABLE.c.id == bindparam("task_id", type_=Integer()))
+_GET_TASK = _by_role_and_lock(_TASK.where(VISIBLE_TO_CALLER), _TASK)
 _PROJECT = select(Project).where(col(Project.slug) == bindparam("slug", type_=String()))
-_MY_PROJECT = _PROJECT.where(
-    col(Project.slug).in_(select(ProjectMember.project_slug).where(col(ProjectMember.worker_id) == _CALLER))
-)
+_MY_PROJECT = _PROJECT.where(col(Project.slug).in_(MY_PROJECT_SLUGS))
 _GET_PROJECT = _by_role_and_lock(_MY_PROJECT, _PROJECT)
 
 
@@ -599,57 +475,6 @@ def _after_cursor(sort: TaskSort, undated: bool) -> ColumnElement[bool]:
     return or_(later, column.is_(None)) if key == "due_date" else later
 
 
-# ---------------------------------------------------------------- leases, as reads see them
-
-
-def _lease_ran_out(now: Any) -> ColumnElement[bool]:
-    # Never NULL, so that its negation is true for a task without a lease.
-    return and_(
-        TASK_TABLE.c.status == TaskStatus.in_progress,
-        TASK_TABLE.c.lease_expires_at.is_not(None),
-        TASK_TABLE.c.lease_expires_at <= now,
-    )
-
-
-def _lease_holds(now: Any) -> ColumnElement[bool]:
-    return or_(TASK_TABLE.c.lease_expires_at.is_(None), TASK_TABLE.c.lease_expires_at > now)
-
-
-def _status_is(status: TaskStatus, now: Any) -> ColumnElement[bool]:
-    """Tasks whose status, with leases that ran out handed back, is `status`."""
-    if status == TaskStatus.pending:
-        return or_(TASK_TABLE.c.status == TaskStatus.pending, _lease_ran_out(now))
-    if status == TaskStatus.in_progress:
-        return and_(TASK_TABLE.c.status == TaskStatus.in_progress, _lease_holds(now))
-    return TASK_TABLE.c.status == status
-
-
-def as_read(task: Mapping[str, Any] | RowMapping | TaskRecord, now: datetime) -> dict[str, Any]:
-    """The task's fields as every read reports them: a lease that ran out is already handed back.
-
-    The sweeper (or the next write to the task) makes it so in the database, with the same
-    version, so an ETag read here is the one a later If-Match is checked against. `updated_at`
-    stays the time of the last change a worker made, so the `updated_at` order does not move.
-    Plain values, not a model: the route's response model validates them once. A dict is
-    updated in place (a page's rows are made for this); anything else is copied.
-    """
-    if isinstance(task, TaskRecord):
-        read = {name: getattr(task, name) for name in _READ_FIELDS}
-    elif isinstance(task, dict):
-        read = task
-    else:
-        read = dict(task)
-    lease_end = read["lease_expires_at"]
-    if read["status"] == TaskStatus.in_progress and lease_end is not None and lease_end <= now:
-        read.update(
-            status=TaskStatus.pending,
-            assigned_to=None,
-            lease_expires_at=None,
-            version=read["version"] + 1,
-        )
-    return read
-
-
 def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> Page:
     now = utc_now()
     shape, params = _filter_shape(filters)
@@ -668,9 +493,9 @@ def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> Page:
         "page_offset": filters.offset,
         "per_part": filters.offset + wanted,
     }
-    connection = _core(session)
+    connection = connection_of(session)
     counted: int = connection.execute(count, params).scalar_one()
-    rows = [as_read(dict(zip(_READ_FIELDS, row, strict=True)), now) for row in connection.execute(page, params)]
+    rows = [as_read(dict(zip(READ_FIELDS, row, strict=True)), now) for row in connection.execute(page, params)]
     more = len(rows) > filters.limit
     rows = rows[: filters.limit]
     cursor = _task_cursor(filters.sort, rows[-1]) if more else None
@@ -712,11 +537,11 @@ def _filter_conditions(shape: Shape) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     for name, value in shape:
         if name == "ready":
-            conditions.append(_ready(_CALLER, _NOW) if value else ~_ready(_CALLER, _NOW))
+            conditions.append(ready(CALLER, _NOW) if value else ~ready(CALLER, _NOW))
         elif name == "status":
-            conditions.append(_status_is(value, _NOW))
+            conditions.append(status_is(value, _NOW))
         elif name == "assigned_to":
-            conditions += [TASK_TABLE.c.assigned_to == bindparam("assigned_to"), ~_lease_ran_out(_NOW)]
+            conditions += [TASK_TABLE.c.assigned_to == bindparam("assigned_to"), ~lease_ran_out(_NOW)]
         elif name == "q":
             conditions.append(TASK_TABLE.c.title.ilike(bindparam("q", type_=String()), escape="/"))
         else:
@@ -738,7 +563,7 @@ def _list_statements(
         count = select(func.count()).select_from(_visible_union(conditions, None, cap, count_only=True))
         visible = _visible_union(conditions + after, order, bindparam("per_part", type_=Integer()))
         page: Select[Any] = (
-            select(*(_UNION_OUT[name] for name in _READ_FIELDS))
+            select(*(_UNION_OUT[name] for name in READ_FIELDS))
             .select_from(visible)
             .order_by(*_task_order(sort, _UNION_OUT))
         )
@@ -777,11 +602,11 @@ def _visible_union(
     their tasks without a project. Each part is a range scan of a (project, sort key, id) index,
     so the cost is the number of projects times the page, never the size of the table."""
     columns = _ID_ONLY if count_only else _UNION_COLUMNS
-    mine = select(ProjectMember.project_slug).where(col(ProjectMember.worker_id) == _CALLER).subquery("mine")
+    mine = select(ProjectMember.project_slug).where(col(ProjectMember.worker_id) == CALLER).subquery("mine")
     in_project = select(*columns).where(TASK_TABLE.c.project_slug == mine.c.project_slug, *conditions)
     loose = select(*columns).where(
         TASK_TABLE.c.project_slug.is_(None),
-        or_(TASK_TABLE.c.created_by == _CALLER, TASK_TABLE.c.assigned_to == _CALLER),
+        or_(TASK_TABLE.c.created_by == CALLER, TASK_TABLE.c.assigned_to == CALLER),
         *conditions,
     )
     if order is not None:
@@ -794,7 +619,7 @@ def _visible_union(
 
 
 def _count_rows(session: Session, rows: Any, params: Mapping[str, Any]) -> tuple[int, bool]:
-    total: int = _core(session).execute(select(func.count()).select_from(rows), params).scalar_one()
+    total: int = connection_of(session).execute(select(func.count()).select_from(rows), params).scalar_one()
     return min(total, COUNT_CAP), total <= COUNT_CAP
 
 
@@ -804,18 +629,18 @@ def _count_rows(session: Session, rows: Any, params: Mapping[str, Any]) -> tuple
 def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool = False) -> TaskRecord:
     """The task, to change it: locked, and with a lease that ran out handed back first."""
     params = {"caller": actor.id, "task_id": task_id}
-    row = _core(session).execute(_GET_TASK[actor.is_admin, for_update], params).first()
+    row = connection_of(session).execute(_GET_TASK[actor.is_admin, for_update], params).first()
     if row is None:
         raise NotFound(f"Task {task_id} not found")
     task = TaskRecord.from_row(row._mapping)
-    if for_update and _has_run_out(task, utc_now()):
-        _expire_lease(session, task)
+    if for_update and has_run_out(task, utc_now()):
+        expire_lease(session, task)
     return task
 
 
 def read_task(session: Session, actor: Actor, task_id: int) -> dict[str, Any]:
     """The task as the caller may see it, read without a lock or a write."""
-    row = _core(session).execute(_READ_TASK[actor.is_admin], {"caller": actor.id, "task_id": task_id}).first()
+    row = connection_of(session).execute(_READ_TASK[actor.is_admin], {"caller": actor.id, "task_id": task_id}).first()
     if row is None:
         raise NotFound(f"Task {task_id} not found")
     return as_read(row._mapping, utc_now())
@@ -824,13 +649,6 @@ def read_task(session: Session, actor: Actor, task_id: int) -> dict[str, Any]:
 def _check_project_for_task(session: Session, actor: Actor, slug: str) -> None:
     # Visible means a member (or an admin): one query answers both.
     get_project(session, actor, slug)
-
-
-def _check_assignee(session: Session, worker_id: str, project_slug: str | None) -> None:
-    if session.get(Worker, worker_id) is None:
-        raise NotFound(f"Worker '{worker_id}' not found")
-    if project_slug is not None and _member_role(session, project_slug, worker_id) is None:
-        raise BadRequest(f"'{worker_id}' is not a member of project '{project_slug}' and cannot be assigned its tasks")
 
 
 def _lock_task_graph(session: Session, project_slug: str | None) -> None:
@@ -881,7 +699,7 @@ _INSERT_TASK = {
     (False, True): _insert_task(None),
     (True, False): _insert_task(
         select(ProjectMember.project_slug).where(
-            col(ProjectMember.project_slug) == _TASKS_PROJECT, col(ProjectMember.worker_id) == _CALLER
+            col(ProjectMember.project_slug) == _TASKS_PROJECT, col(ProjectMember.worker_id) == CALLER
         )
     ),
     (True, True): _insert_task(select(Project.slug).where(col(Project.slug) == _TASKS_PROJECT)),
@@ -895,7 +713,7 @@ def create_task(session: Session, actor: Actor, data: TaskCreate) -> dict[str, A
         if data.project_slug is not None:
             _check_project_for_task(session, actor, data.project_slug)
         if data.assigned_to is not None:
-            _check_assignee(session, data.assigned_to, data.project_slug)
+            check_assignee(session, data.assigned_to, data.project_slug)
         if data.parent_id is not None:
             _check_parent(session, actor, None, data.project_slug, data.parent_id)
     now = utc_now()
@@ -909,11 +727,11 @@ def create_task(session: Session, actor: Actor, data: TaskCreate) -> dict[str, A
         "lease_expires_at": None,
         "lease_seconds": None,
     }
-    context = audit.changes({}, {name: value for name, value in fields.items() if value is not None})
+    context = audit.created(fields)
     task_id = audit.record_change(
         session,
         actor,
-        "task.created",
+        AuditAction.task_created,
         _INSERT_TASK[data.project_slug is not None, actor.is_admin],
         {**values, "caller": actor.id},
         project_slug=data.project_slug,
@@ -921,7 +739,7 @@ def create_task(session: Session, actor: Actor, data: TaskCreate) -> dict[str, A
     )
     if task_id is None:
         raise NotFound(f"Project '{data.project_slug}' not found")
-    return {name: values.get(name) for name in _READ_FIELDS} | {"id": task_id}
+    return {name: values.get(name) for name in READ_FIELDS} | {"id": task_id}
 
 
 def update_task(
@@ -931,23 +749,22 @@ def update_task(
     data: TaskUpdate,
     *,
     lease_seconds: int | None = None,
-    if_match: str | None = None,
+    expected_version: frozenset[int] | None = None,
 ) -> TaskRecord:
     task = get_task(session, actor, task_id, for_update=True)
-    _check_if_match(task, if_match)
+    workflow.check_version(task, expected_version)
     before = task.values()
     fields = data.model_dump(exclude_unset=True)
     target_status = fields.pop("status", task.status)
 
-    if fields.get("assigned_to", task.assigned_to) != task.assigned_to and task.status in WORK_UNDER_WAY:
+    if fields.get("assigned_to", task.assigned_to) != task.assigned_to and task.status in workflow.WORK_UNDER_WAY:
         # Work under way changes hands only by its holder or a project owner, never by a grab.
-        if task.assigned_to not in {None, actor.id} and not _is_task_owner(session, actor, task):
+        if task.assigned_to not in {None, actor.id} and not is_task_owner(session, actor, task):
             raise Forbidden(
                 f"Task {task_id} is being worked on by '{task.assigned_to}'; only they or an owner reassign it"
             )
     if "project_slug" in fields and fields["project_slug"] != task.project_slug:
-        if task.created_by != actor.id and not _is_task_owner(session, actor, task):
-            raise Forbidden("Only the task's creator or a project owner may move it to another project")
+        require_creator_or_owner(session, actor, task, "move it to another project")
         if fields["project_slug"] is not None:
             _check_project_for_task(session, actor, fields["project_slug"])
         if _has_subtasks(session, task):
@@ -959,24 +776,22 @@ def update_task(
         for field, value in fields.items():
             setattr(task, field, value)
         if task.assigned_to is not None and {"assigned_to", "project_slug"} & fields.keys():
-            _check_assignee(session, task.assigned_to, task.project_slug)
+            check_assignee(session, task.assigned_to, task.project_slug)
         if task.parent_id is not None and {"parent_id", "project_slug"} & fields.keys():
             _check_parent(session, actor, task.id, task.project_slug, task.parent_id)
         if target_status != task.status:
             if target_status == TaskStatus.in_progress and task.status == TaskStatus.pending:
                 task.lease_seconds = lease_seconds
-            _transition(session, actor, task, target_status, verb="move")
-    if task.assigned_to is None and task.status in {TaskStatus.in_progress, TaskStatus.review}:
-        raise BadRequest(f"A task that is {task.status.value} needs an assignee; assign it first")
-    if not audit.changes(before, task.values()):
+            workflow.move(session, actor, task, workflow.Move(target_status, "move"))
+    workflow.require_worker(task)
+    if not audit.changed(before, task.values()):
         return task  # nothing changed: no new version, no audit row
-    return _save(session, actor, task, before, "task.updated", {})
+    return save(session, actor, task, before, AuditAction.task_updated, {})
 
 
 def delete_task(session: Session, actor: Actor, task_id: int) -> None:
     task = get_task(session, actor, task_id, for_update=True)
-    if not (task.created_by == actor.id or _is_task_owner(session, actor, task)):
-        raise Forbidden("Only the task's creator, a project owner or an admin may delete it")
+    require_creator_or_owner(session, actor, task, "delete it")
     if _has_subtasks(session, task):
         raise BadRequest(f"Task {task_id} has subtasks; delete or move them first")
     dependents = session.exec(
@@ -986,15 +801,15 @@ def delete_task(session: Session, actor: Actor, task_id: int) -> None:
     ).all()
     if dependents:
         raise BadRequest(f"Tasks {', '.join(map(str, dependents))} depend on task {task_id}; remove those first")
-    _core(session).execute(delete(TASK_TABLE).where(TASK_TABLE.c.id == task_id))
+    connection_of(session).execute(delete(TASK_TABLE).where(TASK_TABLE.c.id == task_id))
     gone = {"title": task.title, "status": task.status, "assigned_to": task.assigned_to}
     audit.record(
         session,
         actor,
-        "task.deleted",
+        AuditAction.task_deleted,
         task_id=task_id,
         project_slug=task.project_slug,
-        context=audit.changes(gone, dict.fromkeys(gone)),
+        context=audit.removed(gone),
     )
 
 
@@ -1009,373 +824,87 @@ def _has_dependencies(session: Session, task: TaskRecord) -> bool:
     return session.exec(edges.limit(1)).first() is not None
 
 
-WORK_UNDER_WAY = {TaskStatus.in_progress, TaskStatus.review}
-UNAUDITED_FIELDS = {"updated_at", "version", "lease_expires_at"}
-
-
-def _save(
-    session: Session,
-    actor: Actor,
-    task: TaskRecord,
-    before: dict[str, Any],
-    action: str,
-    extra: dict[str, Any],
-    *,
-    touch: bool = True,
-) -> TaskRecord:
-    """Record an audited change of `task`: a new version, a new `updated_at` (unless `touch` is off), one audit row."""
-    if touch:
-        task.updated_at = utc_now()
-    task.version += 1
-    update = _changes(task, before)
-    assert update is not None  # the version changed
-    # Bookkeeping fields are left out: leases are renewed too often to be history.
-    after = {name: value for name, value in task.values().items() if name not in UNAUDITED_FIELDS}
-    context = audit.changes(before, after) | extra
-    audit.record_change(session, actor, action, *update, project_slug=task.project_slug, context=context)
-    return task
-
-
-def etag(task: TaskRecord | Mapping[str, Any]) -> str:
-    version = task["version"] if isinstance(task, Mapping) else task.version
-    return f'"{version}"'
-
-
-def _check_if_match(task: TaskRecord, if_match: str | None) -> None:
-    """Honour `If-Match`: refuse to change a task that changed since the caller read it."""
-    if if_match is None:
-        return
-    tags = {tag.strip().removeprefix("W/") for tag in if_match.split(",")}
-    if "*" not in tags and etag(task) not in tags:
-        raise PreconditionFailed(f"Task {task.id} has changed since you read it: its ETag is now {etag(task)}")
-
-
-# ---------------------------------------------------------------- the workflow
-
-# Every allowed status change and its name. Actions and PATCH go through the same table.
-TRANSITIONS: dict[tuple[TaskStatus, TaskStatus], str] = {
-    (TaskStatus.pending, TaskStatus.in_progress): "start",
-    (TaskStatus.in_progress, TaskStatus.pending): "release",
-    (TaskStatus.in_progress, TaskStatus.review): "review",
-    (TaskStatus.review, TaskStatus.in_progress): "request_changes",
-    (TaskStatus.in_progress, TaskStatus.completed): "complete",
-    (TaskStatus.review, TaskStatus.completed): "complete",
-    (TaskStatus.pending, TaskStatus.blocked): "block",
-    (TaskStatus.in_progress, TaskStatus.blocked): "block",
-    (TaskStatus.review, TaskStatus.blocked): "block",
-    (TaskStatus.blocked, TaskStatus.in_progress): "unblock",
-    (TaskStatus.blocked, TaskStatus.pending): "unblock",
-    (TaskStatus.completed, TaskStatus.in_progress): "reopen",
-}
-
-
-def _transition(
-    session: Session,
-    actor: Actor,
-    task: TaskRecord,
-    target: TaskStatus,
-    *,
-    verb: str,
-    reason: str | None = None,
-    lost_lease: bool | None = None,
-) -> None:
-    """Move `task` to `target` if the state machine and the caller's role allow it.
-
-    A claim has already picked a task with no unfinished dependency, and says whether the caller
-    had lost a lease on it (`lost_lease`), so neither is asked again.
-    """
-    # The checks below read other rows; the task must be written once, at the end, not flushed half-changed.
-    with session.no_autoflush:
-        _apply_transition(session, actor, task, target, verb=verb, reason=reason, lost_lease=lost_lease)
-
-
-def _apply_transition(
-    session: Session,
-    actor: Actor,
-    task: TaskRecord,
-    target: TaskStatus,
-    *,
-    verb: str,
-    reason: str | None,
-    lost_lease: bool | None,
-) -> None:
-    current = task.status
-    how = TRANSITIONS.get((current, target))
-    if how is None:
-        raise InvalidTransition(
-            f"Cannot {verb} task {task.id}: it is {current.value}, and {current.value} → {target.value} is not allowed"
-        )
-    if how == "start":
-        if task.assigned_to not in {None, actor.id} and not actor.is_admin:
-            raise Forbidden(f"Task {task.id} is assigned to '{task.assigned_to}'")
-        blockers = [] if verb == "claim" else _unfinished_dependencies(session, task)
-        if blockers:
-            raise UnfinishedDependencies(
-                f"Task {task.id} depends on unfinished task(s) {', '.join(map(str, blockers))}"
-            )
-        task.assigned_to = actor.id
-        # Whoever lost an earlier claim on this task has it again.
-        if lost_lease is not False:
-            session.execute(
-                delete(LostLease).where(col(LostLease.task_id) == task.id, col(LostLease.worker_id) == actor.id)
-            )
-    elif how == "release":
-        _require_assignee(actor, task, "release it")
-        task.assigned_to = None
-    elif how == "review":
-        _require_assignee(actor, task, "submit it for review")
-    elif how in {"request_changes", "complete", "reopen"}:
-        if task.assigned_to != actor.id and not _is_task_owner(session, actor, task):
-            raise Forbidden(f"Only the task's assignee or a project owner may {how.replace('_', ' ')} task {task.id}")
-    elif how == "block":
-        if reason is None:
-            raise BadRequest(f"Blocking task {task.id} needs a reason: use POST /api/tasks/{task.id}/block?reason=…")
-    elif how == "unblock":
-        expected = TaskStatus.in_progress if task.assigned_to else TaskStatus.pending
-        if target != expected:
-            raise InvalidTransition(f"Task {task.id} unblocks to {expected.value}, not {target.value}")
-    if target in {TaskStatus.in_progress, TaskStatus.review}:
-        if task.assigned_to is None:
-            raise BadRequest(f"Task {task.id} has no assignee: assign it before moving it to {target.value}")
-        if how != "start" and task.project_slug is not None and not actor.is_admin:
-            # The assignee may have left the project since; work must not go back to them.
-            _check_assignee(session, task.assigned_to, task.project_slug)
-    task.status = target
-    if target == TaskStatus.completed:
-        task.progress_percent = 100
-    # Only work in progress is leased; it is renewed whenever a task (re-)enters that state.
-    task.lease_expires_at = (
-        _lease_end(task.lease_seconds) if target == TaskStatus.in_progress and task.lease_seconds else None
-    )
-
-
-def _lease_end(seconds: int) -> datetime:
-    return utc_now() + timedelta(seconds=seconds)
-
-
-def _require_assignee(actor: Actor, task: TaskRecord, what: str) -> None:
-    if task.assigned_to != actor.id and not actor.is_admin:
-        raise Forbidden(f"Only the task's assignee may {what}")
-
-
-def _check_lease(session: Session, actor: Actor, task: TaskRecord) -> None:
-    """A worker whose lease ran out hears so, rather than a generic refusal."""
-    if task.assigned_to != actor.id and session.get(LostLease, (task.id, actor.id)) is not None:
-        raise LeaseLost(f"Your claim on task {task.id} expired and was released; claim it again")
+# ---------------------------------------------------------------- the workflow's actions
 
 
 def _act(
     session: Session,
     actor: Actor,
     task_id: int,
-    verb: str,
-    target: TaskStatus | None,
-    *,
-    allowed_from: Sequence[TaskStatus],
-    if_match: str | None,
-    holder_only: bool = False,
-    reason: str | None = None,
-) -> tuple[TaskRecord, dict[str, Any]]:
+    action: workflow.Action,
+    asked: workflow.Asked,
+    expected_version: frozenset[int] | None,
+) -> TaskRecord:
     task = get_task(session, actor, task_id, for_update=True)
     before = task.values()
-    if holder_only:
-        _check_lease(session, actor, task)
-    _check_if_match(task, if_match)
-    if task.status not in allowed_from:
-        expected = " or ".join(status.value for status in allowed_from)
-        raise InvalidTransition(f"Cannot {verb} task {task_id}: it is {task.status.value}, not {expected}")
-    if target is not None:
-        _transition(session, actor, task, target, verb=verb, reason=reason)
-    return task, before
+    extra = workflow.perform(session, actor, task, action, asked, expected_version)
+    if action.audited_as is None:
+        workflow.write(session, task, before)
+        return task
+    return save(session, actor, task, before, action.audited_as, extra)
 
 
 def start_task(
-    session: Session, actor: Actor, task_id: int, *, lease_seconds: int | None = None, if_match: str | None = None
+    session: Session,
+    actor: Actor,
+    task_id: int,
+    *,
+    lease_seconds: int | None = None,
+    expected_version: frozenset[int] | None = None,
 ) -> TaskRecord:
-    task, before = _act(session, actor, task_id, "start", None, allowed_from=[TaskStatus.pending], if_match=if_match)
-    task.lease_seconds = lease_seconds
-    _transition(session, actor, task, TaskStatus.in_progress, verb="start")
-    return _save(session, actor, task, before, "task.started", {})
+    asked = workflow.Asked(lease_seconds=lease_seconds)
+    return _act(session, actor, task_id, workflow.START, asked, expected_version)
 
 
 def update_progress(
-    session: Session, actor: Actor, task_id: int, percent: int, note: str | None, *, if_match: str | None = None
+    session: Session,
+    actor: Actor,
+    task_id: int,
+    percent: int,
+    note: str | None,
+    *,
+    expected_version: frozenset[int] | None = None,
 ) -> TaskRecord:
-    task, before = _act(
-        session,
-        actor,
-        task_id,
-        "report progress on",
-        None,
-        allowed_from=[TaskStatus.in_progress],
-        if_match=if_match,
-        holder_only=True,
-    )
-    _require_assignee(actor, task, "report its progress")
-    task.progress_percent = percent
-    if task.lease_seconds:
-        task.lease_expires_at = _lease_end(task.lease_seconds)
-    return _save(session, actor, task, before, "task.progress", {"note": note} if note else {})
+    asked = workflow.Asked(percent=percent, note=note)
+    return _act(session, actor, task_id, workflow.PROGRESS, asked, expected_version)
 
 
 def heartbeat(session: Session, actor: Actor, task_id: int, *, lease_seconds: int | None = None) -> TaskRecord:
     """Renew the caller's lease. Not audited and no new version: nothing about the task changes."""
-    task, before = _act(
-        session,
-        actor,
-        task_id,
-        "send a heartbeat for",
-        None,
-        allowed_from=[TaskStatus.in_progress],
-        if_match=None,
-        holder_only=True,
-    )
-    _require_assignee(actor, task, "renew its lease")
-    if lease_seconds is not None:
-        task.lease_seconds = lease_seconds
-    if task.lease_seconds:
-        task.lease_expires_at = _lease_end(task.lease_seconds)
-        _write(session, task, before)
-    return task
+    return _act(session, actor, task_id, workflow.HEARTBEAT, workflow.Asked(lease_seconds=lease_seconds), None)
 
 
-def submit_for_review(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> TaskRecord:
-    task, before = _act(
-        session,
-        actor,
-        task_id,
-        "submit for review",
-        TaskStatus.review,
-        allowed_from=[TaskStatus.in_progress],
-        if_match=if_match,
-        holder_only=True,
-    )
-    return _save(session, actor, task, before, "task.review", {})
+def submit_for_review(
+    session: Session, actor: Actor, task_id: int, *, expected_version: frozenset[int] | None = None
+) -> TaskRecord:
+    return _act(session, actor, task_id, workflow.REVIEW, workflow.Asked(), expected_version)
 
 
-def complete_task(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> TaskRecord:
-    task, before = _act(
-        session,
-        actor,
-        task_id,
-        "complete",
-        TaskStatus.completed,
-        allowed_from=[TaskStatus.in_progress, TaskStatus.review],
-        if_match=if_match,
-        holder_only=True,
-    )
-    return _save(session, actor, task, before, "task.completed", {})
+def complete_task(
+    session: Session, actor: Actor, task_id: int, *, expected_version: frozenset[int] | None = None
+) -> TaskRecord:
+    return _act(session, actor, task_id, workflow.COMPLETE, workflow.Asked(), expected_version)
 
 
-def block_task(session: Session, actor: Actor, task_id: int, reason: str, *, if_match: str | None = None) -> TaskRecord:
-    task, before = _act(
-        session,
-        actor,
-        task_id,
-        "block",
-        TaskStatus.blocked,
-        allowed_from=[TaskStatus.pending, TaskStatus.in_progress, TaskStatus.review],
-        if_match=if_match,
-        reason=reason,
-    )
-    return _save(session, actor, task, before, "task.blocked", {"reason": reason})
+def block_task(
+    session: Session, actor: Actor, task_id: int, reason: str, *, expected_version: frozenset[int] | None = None
+) -> TaskRecord:
+    return _act(session, actor, task_id, workflow.BLOCK, workflow.Asked(reason=reason), expected_version)
 
 
-def unblock_task(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> TaskRecord:
-    task, before = _act(session, actor, task_id, "unblock", None, allowed_from=[TaskStatus.blocked], if_match=if_match)
-    target = TaskStatus.in_progress if task.assigned_to else TaskStatus.pending
-    _transition(session, actor, task, target, verb="unblock")
-    return _save(session, actor, task, before, "task.unblocked", {})
+def unblock_task(
+    session: Session, actor: Actor, task_id: int, *, expected_version: frozenset[int] | None = None
+) -> TaskRecord:
+    return _act(session, actor, task_id, workflow.UNBLOCK, workflow.Asked(), expected_version)
 
 
-def release_task(session: Session, actor: Actor, task_id: int, *, if_match: str | None = None) -> TaskRecord:
-    task, before = _act(
-        session,
-        actor,
-        task_id,
-        "release",
-        TaskStatus.pending,
-        allowed_from=[TaskStatus.in_progress],
-        if_match=if_match,
-        holder_only=True,
-    )
-    return _save(session, actor, task, before, "task.released", {})
+def release_task(
+    session: Session, actor: Actor, task_id: int, *, expected_version: frozenset[int] | None = None
+) -> TaskRecord:
+    return _act(session, actor, task_id, workflow.RELEASE, workflow.Asked(), expected_version)
 
 
 # ---------------------------------------------------------------- claiming work and leases
-
-
-def _unfinished_dependency(task_id: Any) -> Any:
-    blocker = aliased(Task)
-    return (
-        select(TaskDependency.depends_on_id)
-        .join(blocker, col(blocker.id) == TaskDependency.depends_on_id)
-        .where(TaskDependency.task_id == task_id, blocker.status != TaskStatus.completed)
-    )
-
-
-def _unfinished_dependencies(session: Session, task: TaskRecord) -> list[int]:
-    return list(session.exec(_unfinished_dependency(task.id).order_by(col(TaskDependency.depends_on_id))).all())
-
-
-def _ready(caller: Any, now: Any) -> ColumnElement[bool]:
-    """Claimable by `caller`: pending (or its lease ran out), unassigned or theirs, and nothing it waits for is unfinished."""
-    return and_(
-        or_(
-            and_(
-                col(Task.status) == TaskStatus.pending,
-                or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == caller),
-            ),
-            _lease_ran_out(now),
-        ),
-        ~_unfinished_dependency(Task.id).exists(),
-    )
-
-
-def _has_run_out(task: TaskRecord, now: datetime) -> bool:
-    return task.status == TaskStatus.in_progress and task.lease_expires_at is not None and task.lease_expires_at <= now
-
-
-def _expire_lease(session: Session, task: TaskRecord) -> None:
-    """Hand a task whose lease ran out back: pending, unassigned, audited as the system's doing.
-
-    It reads back exactly as `as_read` showed it: one version on, and `updated_at` unchanged.
-    """
-    before = task.values()
-    if task.assigned_to is not None and session.get(LostLease, (task.id, task.assigned_to)) is None:
-        session.add(LostLease(task_id=task.id, worker_id=task.assigned_to))
-    task.status = TaskStatus.pending
-    task.assigned_to = None
-    task.lease_expires_at = None
-    task.lease_seconds = None
-    _save(session, SYSTEM, task, before, "lease_expired", {}, touch=False)
-
-
-_EXPIRED_LEASES = (
-    select(*_TASK_COLUMNS)
-    .where(
-        TASK_TABLE.c.status == TaskStatus.in_progress,
-        TASK_TABLE.c.lease_expires_at.is_not(None),
-        TASK_TABLE.c.lease_expires_at <= bindparam("now", type_=UTCDateTime()),
-    )
-    .order_by(TASK_TABLE.c.lease_expires_at, TASK_TABLE.c.id)
-    .limit(bindparam("limit", type_=Integer()))
-    .with_for_update(skip_locked=True, key_share=True)
-)
-
-
-def expire_leases(session: Session, *, limit: int) -> int:
-    """Hand back up to `limit` tasks whose lease ran out, oldest first; how many there were.
-
-    The index on `lease_expires_at` makes this cost what it finds, not the size of the table.
-    SKIP LOCKED: a task being changed right now is left to the next sweep (or to that change).
-    """
-    rows = _core(session).execute(_EXPIRED_LEASES, {"now": utc_now(), "limit": limit}).all()
-    for row in rows:
-        _expire_lease(session, TaskRecord.from_row(row._mapping))
-    if rows:
-        telemetry.count_lease_expiries(len(rows))
-    return len(rows)
 
 
 # A claim that finds leases run out hands back this many first, so they are claimable at once,
@@ -1383,9 +912,9 @@ def expire_leases(session: Session, *, limit: int) -> int:
 CLAIM_SWEEP_LIMIT = 20
 _EXPIRED = TASK_TABLE.alias("expired")
 _CLAIMABLE = sa_select(
-    *_TASK_COLUMNS,
+    *TASK_COLUMNS,
     select(LostLease.task_id)
-    .where(col(LostLease.task_id) == Task.id, col(LostLease.worker_id) == _CALLER)
+    .where(col(LostLease.task_id) == Task.id, col(LostLease.worker_id) == CALLER)
     .exists()
     .label("lost_lease"),
     # Whether any lease has run out: then the pick is made again once they are handed back. Asked
@@ -1400,11 +929,11 @@ _CLAIMABLE = sa_select(
     .label("leases_ran_out"),
 ).where(
     col(Task.status) == TaskStatus.pending,
-    or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == _CALLER),
-    ~_unfinished_dependency(Task.id).exists(),
+    or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == CALLER),
+    ~unfinished_dependency(Task.id).exists(),
 )
 # By whether the caller is an admin, who may claim any task.
-_CLAIMABLE_BY = {False: _CLAIMABLE.where(_VISIBLE_TO_CALLER), True: _CLAIMABLE}
+_CLAIMABLE_BY = {False: _CLAIMABLE.where(VISIBLE_TO_CALLER), True: _CLAIMABLE}
 _CLAIM_ORDER = (
     TASK_TABLE.c.priority_rank.desc(),
     col(Task.due_date).asc().nulls_last(),
@@ -1424,9 +953,7 @@ def _claim_statement(admin: bool, in_project: bool, min_priority: bool) -> Selec
     return query.order_by(*_CLAIM_ORDER).limit(1).with_for_update(skip_locked=True, of=TASK_TABLE, key_share=True)
 
 
-def claim_task(
-    session: Session, actor: Actor, request: ClaimRequest, *, lease_seconds: int | None
-) -> TaskRecord | None:
+def claim_task(session: Session, actor: Actor, request: ClaimRequest) -> TaskRecord | None:
     """Start the best ready task for `actor`, or None when nothing is ready.
 
     On PostgreSQL the pick is `FOR UPDATE SKIP LOCKED` down the partial index of pending tasks
@@ -1440,18 +967,18 @@ def claim_task(
     if request.min_priority is not None:
         params["min_rank"] = PRIORITY_RANK[request.min_priority]
     query = _claim_statement(actor.is_admin, request.project is not None, request.min_priority is not None)
-    connection = _core(session)
+    connection = connection_of(session)
     picked = connection.execute(query, params).first()
     if (picked is None or picked.leases_ran_out) and expire_leases(session, limit=CLAIM_SWEEP_LIMIT):
         # Work whose lease ran out is claimable at once, whether or not the sweeper has been by.
-        picked = _core(session).execute(query, params).first()
+        picked = connection_of(session).execute(query, params).first()
     if picked is None:
         return None
     task, had_lost_lease = TaskRecord.from_row(picked._mapping), picked.lost_lease
     before = task.values()
-    task.lease_seconds = request.lease_seconds or lease_seconds
-    _transition(session, actor, task, TaskStatus.in_progress, verb="claim", lost_lease=had_lost_lease)
-    return _save(session, actor, task, before, "task.claimed", {})
+    task.lease_seconds = request.lease_seconds
+    workflow.move(session, actor, task, workflow.Move(TaskStatus.in_progress, "claim", lost_lease=had_lost_lease))
+    return save(session, actor, task, before, AuditAction.task_claimed, {})
 
 
 # ---------------------------------------------------------------- dependencies
@@ -1462,7 +989,7 @@ def list_dependencies(session: Session, actor: Actor, task_id: int) -> list[dict
     query = (
         select(*_READ_COLUMNS)
         .join(TaskDependency, col(TaskDependency.depends_on_id) == Task.id)
-        .where(TaskDependency.task_id == task_id, _visible_task(actor))
+        .where(TaskDependency.task_id == task_id, visible_task(actor))
         .order_by(col(Task.id))
     )
     now = utc_now()
@@ -1493,10 +1020,10 @@ def add_dependency(session: Session, actor: Actor, task_id: int, data: Dependenc
     audit.record(
         session,
         actor,
-        "dependency.added",
+        AuditAction.dependency_added,
         task_id=task_id,
         project_slug=task.project_slug,
-        context={"depends_on": [None, data.depends_on]},
+        context=audit.created({"depends_on": data.depends_on}),
     )
     return as_read(other, utc_now())
 
@@ -1511,10 +1038,10 @@ def remove_dependency(session: Session, actor: Actor, task_id: int, other_id: in
     audit.record(
         session,
         actor,
-        "dependency.removed",
+        AuditAction.dependency_removed,
         task_id=task_id,
         project_slug=task.project_slug,
-        context={"depends_on": [other_id, None]},
+        context=audit.removed({"depends_on": other_id}),
     )
 
 
@@ -1522,7 +1049,7 @@ def remove_dependency(session: Session, actor: Actor, task_id: int, other_id: in
 
 
 def list_audit(session: Session, actor: Actor, filters: AuditQuery) -> Page:
-    query = select(AuditLog).where(_visible_audit(actor))
+    query = select(AuditLog).where(visible_audit(actor))
     if filters.task_id is not None:
         query = query.where(AuditLog.task_id == filters.task_id)
     if filters.project is not None:

@@ -1,6 +1,6 @@
 """The lease sweeper: a background thread that hands back tasks whose lease ran out.
 
-Reads already report such a task as pending (`services.as_read`) and claims take it at once,
+Reads already report such a task as pending (`workflow.as_read`) and claims take it at once,
 so the sweeper only makes the database agree, with the `lease_expired` audit row. Every process
 runs one; on PostgreSQL each sweep takes an advisory lock first, so across a deployment one
 sweeps at a time and the others skip that turn.
@@ -13,7 +13,7 @@ import threading
 
 from sqlalchemy import Engine
 
-import services
+import workflow
 from database import advisory_lock, transaction
 
 logger = logging.getLogger("taskflow.sweeper")
@@ -35,7 +35,7 @@ class LeaseSweeper:
             with transaction(self.engine) as session:
                 if not advisory_lock(session, "lease-sweeper", wait=False):
                     return swept
-                batch = services.expire_leases(session, limit=BATCH)
+                batch = workflow.expire_leases(session, limit=BATCH)
             swept += batch
             if batch < BATCH:
                 return swept

@@ -34,8 +34,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+import access
 import errors
 import services
+import workflow
 from config import Settings
 from dependencies import check_idempotency_key, get_current_user, get_session
 from main import create_app
@@ -43,10 +45,13 @@ from main import create_app
 # ---------------------------------------------------------------- what a route can answer
 
 
+SERVICE_MODULES = (services, workflow, access)
+
+
 @functools.cache
 def _service_functions() -> dict[str, ast.FunctionDef]:
-    tree = ast.parse(inspect.getsource(services))
-    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    trees = [ast.parse(inspect.getsource(module)) for module in SERVICE_MODULES]
+    return {node.name: node for tree in trees for node in tree.body if isinstance(node, ast.FunctionDef)}
 
 
 def _error_status(name: str) -> int | None:
@@ -71,7 +76,7 @@ def _raised_and_called(node: ast.AST) -> tuple[set[int], set[str]]:
             if isinstance(function, ast.Name):
                 called.add(function.id)
             elif isinstance(function, ast.Attribute) and isinstance(function.value, ast.Name):
-                if function.value.id == "services":
+                if function.value.id in {module.__name__ for module in SERVICE_MODULES}:
                     called.add(function.attr)
         elif isinstance(child, ast.Name):
             # A service function passed along (to functools.partial, a helper) may run too.
@@ -105,9 +110,12 @@ def _dependencies(dependant: Dependant) -> Iterator[Dependant]:
 def _statuses_answerable(route: APIRoute) -> set[int]:
     statuses = {413, 431, 500} | _statuses_raised(route.endpoint)
     calls = {dependency.call for dependency in _dependencies(route.dependant)}
-    if route.dependant.query_params or route.dependant.path_params or route.dependant.body_params:
+    # Parameters a dependency declares (If-Match, a claim's body) are the route's as much as its own.
+    dependants = [route.dependant, *_dependencies(route.dependant)]
+    header_params = [param for dependant in dependants for param in dependant.header_params]
+    if any(dependant.query_params or dependant.path_params or dependant.body_params for dependant in dependants):
         statuses.add(422)
-    if route.dependant.header_params or check_idempotency_key in calls:
+    if header_params or check_idempotency_key in calls:
         statuses.add(422)
     if get_current_user in calls:
         statuses |= {401, 503}  # no token or a bad one; no signing key to be had
@@ -115,7 +123,7 @@ def _statuses_answerable(route: APIRoute) -> set[int]:
         statuses |= {429, 503}  # over the caller's rate limit; the database away or overloaded
         if check_idempotency_key in calls:
             statuses |= {409, 422}  # the same key still running; the same key, another request
-    if any(param.alias == "If-Match" for param in route.dependant.header_params):
+    if any(param.alias == "If-Match" for param in header_params):
         statuses.add(412)
     if route.path == "/api/health/db":
         statuses.add(503)

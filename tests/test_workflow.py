@@ -20,7 +20,7 @@ from sqlalchemy import Engine, event
 from sqlmodel import Session, col, select
 
 from models import AuditLog, Task, TaskStatus
-from services import TRANSITIONS
+from workflow import TRANSITIONS
 
 AuthHeaders = Callable[..., dict[str, str]]
 
