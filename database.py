@@ -158,6 +158,21 @@ def outage(error: BaseException) -> Outage | None:
     return None if reason is None else Outage(reason, f"{sqlstate}: {_first_line(cause)}")
 
 
+def driver_detail(error: exc.DBAPIError) -> str:
+    """What the driver says refused a statement, for the log: the constraint and SQLSTATE on
+    PostgreSQL, SQLite's error name and message. Never sent to the client."""
+    cause = error.orig
+    sqlstate = getattr(cause, "pgcode", None)
+    if sqlstate is not None:
+        diagnostics = getattr(cause, "diag", None)
+        constraint = getattr(diagnostics, "constraint_name", None)
+        table = getattr(diagnostics, "table_name", None)
+        where = f"constraint {constraint} on {table}, " if constraint else ""
+        return f"{where}SQLSTATE {sqlstate}: {_first_line(cause)}"
+    name = getattr(cause, "sqlite_errorname", None)
+    return f"{name}: {_first_line(cause)}" if name else _first_line(cause)
+
+
 def _first_line(error: BaseException | None) -> str:
     text_ = str(error).strip()
     return text_.splitlines()[0] if text_ else type(error).__name__

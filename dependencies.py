@@ -86,7 +86,7 @@ async def get_current_user(
     state["actor"] = actor  # for the request log
     limiter: RateLimiter | None = request.app.state.rate_limiter
     if limiter is not None:
-        # Sent with whatever the response turns out to be (main.RequestIdMiddleware).
+        # Sent with whatever the response turns out to be (handlers.RequestIdMiddleware).
         state["rate_limit_headers"] = await limiter.check(actor.id, writing=request.method not in READ_METHODS)
     return actor
 
@@ -143,8 +143,8 @@ class RequestSession(Session):
         self.known_workers = known_workers
         self.actor = SYSTEM
         self.register = False
-        self.idempotency_key: str | None = None
-        self.fingerprint: str | None = None
+        # The request's Idempotency-Key and fingerprint, when it sent one.
+        self.idempotency: tuple[str, str] | None = None
         self.pending: idempotency.Pending | None = None
         self.committing = False
         self._connection: Connection | None = None
@@ -208,12 +208,7 @@ async def get_session(request: Request) -> RequestSession:
             headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
         )
     session = RequestSession(state.engine, request.method in READ_METHODS, state.known_workers)
-    if request.method == "POST" and (key := request.headers.get("idempotency-key")) is not None:
-        # Read here, before the route's thread starts its transaction: a slow client holds no
-        # database lock. A malformed key is refused by `check_idempotency_key` before the route runs.
-        body = await request.body()
-        session.idempotency_key = key
-        session.fingerprint = idempotency.fingerprint(request.method, request.url.path, request.url.query, body)
+    session.idempotency = await idempotency.read_key(request)
     return session
 
 
@@ -290,24 +285,6 @@ StartLease = Annotated[int | None, Depends(get_start_lease)]
 Claim = Annotated[ClaimRequest, Depends(get_claim)]
 
 
-# ---------------------------------------------------------------- idempotency keys
-
-
-async def check_idempotency_key(
-    _idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=255,
-            pattern=r"^[\x21-\x7e]+$",
-            description="Send the same key again to retry safely: the first response comes back, nothing is done twice",
-        ),
-    ] = None,
-) -> None:
-    """Declare and check the header on every POST; `get_session` acts on it (a leaf, as it explains)."""
-
-
 # ---------------------------------------------------------------- the route class
 
 
@@ -322,10 +299,9 @@ class TaskFlowRoute(APIRoute):
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        if "POST" in (kwargs.get("methods") or ()):
-            dependencies = list(kwargs.get("dependencies") or [])
-            if not any(getattr(d, "dependency", None) is check_idempotency_key for d in dependencies):
-                kwargs["dependencies"] = [*dependencies, Depends(check_idempotency_key)]
+        kwargs["dependencies"] = idempotency.add_key_check(
+            kwargs.get("methods"), list(kwargs.get("dependencies") or [])
+        )
         if not inspect.iscoroutinefunction(endpoint):
             endpoint = self._in_one_thread(endpoint)
         super().__init__(path, endpoint, **kwargs)
@@ -365,10 +341,8 @@ class TaskFlowRoute(APIRoute):
         try:
             if session.register:
                 worker_type = services.register_human(session, session.actor)
-            if session.idempotency_key is not None and session.fingerprint is not None:
-                session.pending = idempotency.begin(
-                    session, session.actor.id, session.idempotency_key, session.fingerprint
-                )
+            if session.idempotency is not None:
+                session.pending = idempotency.begin(session, session.actor.id, *session.idempotency)
             response = self._render(endpoint(**values), values)
             if session.pending is not None:
                 session.pending.save(response.status_code, bytes(response.body), dict(response.headers))

@@ -1,15 +1,19 @@
 """The errors TaskFlow answers with: each carries its HTTP status and a stable machine code.
 
-Services and dependencies raise these; one handler in `main` turns them into the
+Services and dependencies raise these; `handlers` turns them into the
 `{"error", "status_code", "code"}` envelope. Agents branch on `code`, so codes never change.
+Each class's docstring says when it happens: the README's table and the OpenAPI description
+are made from them (`error_table`, `ERROR_CODES`).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 
 class TaskFlowError(Exception):
+    """The base of every error TaskFlow answers with; its docstring's first line is what the code means."""
+
     status_code: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
     headers: dict[str, str] | None = None
@@ -21,64 +25,6 @@ class TaskFlowError(Exception):
             self.headers = {**(self.headers or {}), **headers}
 
 
-def envelope(status_code: int, code: str, message: str, **extra: Any) -> dict[str, Any]:
-    """The body of every error response."""
-    return {"error": message, "status_code": status_code, "code": code, **extra}
-
-
-class BadRequest(TaskFlowError):
-    status_code, code = 400, "bad_request"
-
-
-class InvalidTransition(TaskFlowError):
-    status_code, code = 400, "invalid_transition"
-
-
-class Unauthorized(TaskFlowError):
-    status_code, code = 401, "unauthorized"
-    headers = {"WWW-Authenticate": "Bearer"}
-
-
-class Forbidden(TaskFlowError):
-    """The caller can see the thing but may not do this to it."""
-
-    status_code, code = 403, "forbidden"
-
-
-class NotFound(TaskFlowError):
-    """Also what a caller gets for anything it may not see."""
-
-    status_code, code = 404, "not_found"
-
-
-class Conflict(TaskFlowError):
-    status_code, code = 409, "conflict"
-
-
-class UnfinishedDependencies(TaskFlowError):
-    status_code, code = 400, "unfinished_dependencies"
-
-
-class LeaseLost(TaskFlowError):
-    status_code, code = 409, "lease_lost"
-
-
-class IdempotencyInProgress(TaskFlowError):
-    status_code, code = 409, "idempotency_in_progress"
-
-
-class PreconditionFailed(TaskFlowError):
-    status_code, code = 412, "precondition_failed"
-
-
-class IdempotencyKeyReused(TaskFlowError):
-    status_code, code = 422, "idempotency_key_reused"
-
-
-class RateLimited(TaskFlowError):
-    status_code, code = 429, "rate_limited"
-
-
 # Seconds a client is told to wait when the database or the signing keys are away, and when the
 # server is merely busy (its queue full, a lock or a statement timed out).
 RETRY_AFTER_SECONDS = 5
@@ -87,30 +33,125 @@ BUSY_RETRY_AFTER_SECONDS = 1
 # buffers hold 32 KB).
 MAX_HEADER_BYTES = 32 * 1024
 
+# In the order of their status: the README's table and the OpenAPI description list them so.
+
+
+class BadRequest(TaskFlowError):
+    """the request breaks a rule (assignee not a member, parent in another project, a cycle, a task with subtasks, …)"""
+
+    status_code, code = 400, "bad_request"
+
+
+class InvalidTransition(TaskFlowError):
+    """the workflow does not allow this status change from the current status"""
+
+    status_code, code = 400, "invalid_transition"
+
+
+class UnfinishedDependencies(TaskFlowError):
+    """the task waits for tasks that are not completed (they are named)"""
+
+    status_code, code = 400, "unfinished_dependencies"
+
+
+class Unauthorized(TaskFlowError):
+    """no token, or an invalid, expired or foreign one (with `WWW-Authenticate: Bearer`)"""
+
+    status_code, code = 401, "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(TaskFlowError):
+    """you can see the task, but the action is its assignee's, a project owner's or an admin's"""
+
+    status_code, code = 403, "forbidden"
+
+
+class NotFound(TaskFlowError):
+    """no such thing, or not yours to see"""
+
+    status_code, code = 404, "not_found"
+
+
+class MethodNotAllowed(TaskFlowError):
+    """the path exists, the method does not"""
+
+    status_code, code = 405, "method_not_allowed"
+
+
+class Conflict(TaskFlowError):
+    """a taken slug or worker id, an existing member, the last owner, a change made at the same time, …"""
+
+    status_code, code = 409, "conflict"
+
+
+class LeaseLost(TaskFlowError):
+    """your claim expired and the task was handed back"""
+
+    status_code, code = 409, "lease_lost"
+
+
+class IdempotencyInProgress(TaskFlowError):
+    """a request with this `Idempotency-Key` is still running"""
+
+    status_code, code = 409, "idempotency_in_progress"
+
+
+class PreconditionFailed(TaskFlowError):
+    """the task changed since you read it (`If-Match`)"""
+
+    status_code, code = 412, "precondition_failed"
+
+
+class PayloadTooLarge(TaskFlowError):
+    """the body is larger than `MAX_BODY_BYTES` (refused before or while it is read)"""
+
+    status_code, code = 413, "payload_too_large"
+
+
+class IdempotencyKeyReused(TaskFlowError):
+    """this `Idempotency-Key` was used for a different request"""
+
+    status_code, code = 422, "idempotency_key_reused"
+
+
+class ValidationFailed(TaskFlowError):
+    """malformed input; `detail` lists the field errors"""
+
+    status_code, code = 422, "validation_error"
+
+
+class RateLimited(TaskFlowError):
+    """over your rate limit; with `Retry-After` and the `RateLimit` headers"""
+
+    status_code, code = 429, "rate_limited"
+
+
+class HeadersTooLarge(TaskFlowError):
+    """the request's headers add up to more than 32 KiB"""
+
+    status_code, code = 431, "headers_too_large"
+
+
+class InternalError(TaskFlowError):
+    """a bug: the body carries the `request_id`, the log has the traceback"""
+
+    status_code, code = 500, "internal_error"
+
 
 class ServiceUnavailable(TaskFlowError):
+    """the database is unreachable or overloaded (no free connection within `DB_POOL_TIMEOUT`, a lock or statement timeout), the signing keys cannot be fetched, or the server is shutting down; with `Retry-After`"""
+
     status_code, code = 503, "service_unavailable"
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
-# Every code a client can meet, for the README and the OpenAPI description.
-ERROR_CODES: dict[str, str] = {
-    "bad_request": "400: the request breaks a rule (an unknown worker, a parent in another project, a cycle, a task with subtasks, ...)",
-    "invalid_transition": "400: the workflow does not allow this status change from the task's current status",
-    "unfinished_dependencies": "400: the task waits for tasks that are not completed yet (they are named)",
-    "unauthorized": "401: no token, or a token that is invalid, expired or not for this API",
-    "forbidden": "403: the task is visible to you but this action is reserved (to its assignee, a project owner or an admin)",
-    "not_found": "404: no such resource, or one you may not see",
-    "method_not_allowed": "405: the path exists but not with this method",
-    "conflict": "409: the request collides with existing state (a duplicate slug, worker or member, the last owner, ...)",
-    "lease_lost": "409: your claim on the task expired and it was handed back; claim it again",
-    "idempotency_in_progress": "409: a request with this Idempotency-Key is still running; retry shortly",
-    "precondition_failed": "412: the task changed since you read it (If-Match no longer matches its ETag)",
-    "payload_too_large": "413: the request body is larger than the server accepts (MAX_BODY_BYTES)",
-    "idempotency_key_reused": "422: this Idempotency-Key was already used with a different request",
-    "validation_error": "422: the body, a path or a query parameter is malformed; `detail` lists the field errors",
-    "rate_limited": "429: you sent more requests than your rate limit allows; wait `Retry-After` seconds",
-    "headers_too_large": f"431: the request headers are larger than the server accepts ({MAX_HEADER_BYTES // 1024} KiB in all)",
-    "internal_error": "500: a bug; the response carries the `request_id` to quote",
-    "service_unavailable": "503: the database is unreachable or overloaded, the signing keys cannot be fetched, or the server is shutting down; retry after `Retry-After` seconds",
-}
+ERRORS: tuple[type[TaskFlowError], ...] = tuple(TaskFlowError.__subclasses__())
+# Every code a client can meet, and what it means, for the OpenAPI description and the README.
+ERROR_CODES: dict[str, str] = {error.code: f"{error.status_code}: {error.__doc__}" for error in ERRORS}
+
+
+def error_table() -> str:
+    """The README's table of error codes, as Markdown."""
+    rows = [f"| `{error.code}` | {error.status_code} | {error.__doc__} |" for error in ERRORS]
+    return "\n".join(["| code | status | meaning |", "|---|---|---|", *rows])

@@ -1,8 +1,11 @@
-"""Idempotency keys: a retried POST gets the first response back and changes nothing again.
+"""Idempotency keys, all of it: a retried POST gets the first response back and changes nothing again.
 
-The key's record is written in the same transaction as the change it guards, so the two
-are saved together or not at all: a request that failed left no record, and its retry
-simply runs.
+Every POST declares the optional `Idempotency-Key` header (`add_key_check`, used by the route
+class). A key's request is fingerprinted on the event loop (`read_key`), before the route's
+transaction starts; in it, `begin` finds the key's record (and raises `Replay`, which
+`handle_replay` answers) or returns a `Pending` that saves the response. The record is written
+in the same transaction as the change it guards, so the two are saved together or not at all:
+a request that failed left no record, and its retry simply runs.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Annotated, Any
 
+from fastapi import Depends, Header, Request, Response
 from sqlalchemy import String, bindparam, delete, insert, select
 from sqlmodel import Session
 
@@ -62,6 +67,48 @@ class Pending:
             "created_at": utc_now(),
         }
         self.session.connection().execute(_SAVE, record)
+
+
+async def check_idempotency_key(
+    _idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Send the same key again to retry safely: the first response comes back, nothing is done twice",
+        ),
+    ] = None,
+) -> None:
+    """Declare and check the header on every POST; `read_key` reads it (the session's dependency is a leaf)."""
+
+
+def add_key_check(methods: Any, dependencies: list[Any]) -> list[Any]:
+    """A route's dependencies, with the key's check added when it is a POST."""
+    if "POST" in (methods or ()) and not any(
+        getattr(d, "dependency", None) is check_idempotency_key for d in dependencies
+    ):
+        return [*dependencies, Depends(check_idempotency_key)]
+    return dependencies
+
+
+async def read_key(request: Request) -> tuple[str, str] | None:
+    """A POST's key and the fingerprint of the request it names, or None without one.
+
+    Read on the event loop, before the route's thread starts its transaction: a slow client holds
+    no database lock. A malformed key is refused by `check_idempotency_key` before the route runs.
+    """
+    if request.method != "POST" or (key := request.headers.get("idempotency-key")) is None:
+        return None
+    body = await request.body()
+    return key, fingerprint(request.method, request.url.path, request.url.query, body)
+
+
+async def handle_replay(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Replay)
+    headers = {**exc.headers, "Idempotent-Replayed": "true"}
+    return Response(content=exc.body, status_code=exc.status_code, headers=headers)
 
 
 def fingerprint(method: str, path: str, query: str, body: bytes) -> str:

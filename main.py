@@ -1,4 +1,4 @@
-"""The TaskFlow app: settings wiring, `create_app()`, the routes and the error handlers.
+"""The TaskFlow app: settings wiring, `create_app()` and the routes.
 
 Routes are thin: each declares its HTTP contract, takes its dependencies and calls one
 service function. `app = create_app()` is what `uvicorn main:app` serves.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import re
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -19,24 +17,16 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Query, Request, Response, status
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
-from starlette.datastructures import MutableHeaders
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import devtoken
-import idempotency
+import handlers
 import services
 import swagger_ui
 import telemetry
-from audit import current_request_id
 from auth import JWKSVerifier
 from config import VERSION, Settings, load_settings
-from database import Outage, Timeouts, check_connection, create_db_engine, migrate, outage
+from database import Timeouts, check_connection, create_db_engine, migrate, outage
 from dependencies import (
     Claim,
     CurrentUser,
@@ -57,13 +47,9 @@ from dependencies import (
     get_engine,
 )
 from errors import (
-    BUSY_RETRY_AFTER_SECONDS,
     ERROR_CODES,
     MAX_HEADER_BYTES,
-    RETRY_AFTER_SECONDS,
     ServiceUnavailable,
-    TaskFlowError,
-    envelope,
 )
 from models import (
     AuditQuery,
@@ -94,7 +80,6 @@ from models import (
     utc_now,
 )
 from ratelimit import RateLimiter
-from size_limits import SizeLimitMiddleware
 from sweeper import LeaseSweeper
 from workflow import TaskRecord, as_read
 
@@ -187,7 +172,7 @@ async def database_health(request: Request) -> DatabaseHealth:
         if found is None:
             logger.exception("The readiness check failed")
         else:
-            report_outage(request, found)
+            handlers.report_outage(request, found)
         raise ServiceUnavailable("Database unavailable") from None
     return DatabaseHealth(database="connected")
 
@@ -559,163 +544,6 @@ def list_audit(
     return counted(request, response, services.list_audit(session, user, filters))
 
 
-# ---------------------------------------------------------------- errors
-# The handlers are async: Starlette runs a plain `def` handler in the thread pool, so an error
-# answer would wait for a request thread, behind the very load that may have caused it.
-
-
-async def handle_taskflow_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, TaskFlowError)
-    return JSONResponse(
-        envelope(exc.status_code, exc.code, exc.message), status_code=exc.status_code, headers=exc.headers
-    )
-
-
-async def handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    detail = [
-        {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
-        for error in jsonable_encoder(exc.errors())
-    ]
-    first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
-    where = ".".join(str(part) for part in first["loc"])
-    message = f"Invalid request: {where}: {first['msg']}" if where else f"Invalid request: {first['msg']}"
-    return JSONResponse(envelope(422, "validation_error", message, detail=detail), status_code=422)
-
-
-HTTP_CODES = {
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-}
-
-
-async def handle_http_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    code = HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
-    message = exc.detail if isinstance(exc.detail, str) else "Request failed"
-    return JSONResponse(envelope(exc.status_code, code, message), status_code=exc.status_code, headers=exc.headers)
-
-
-async def handle_replay(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, idempotency.Replay)
-    headers = {**exc.headers, "Idempotent-Replayed": "true"}
-    return Response(content=exc.body, status_code=exc.status_code, headers=headers)
-
-
-async def handle_integrity_error(_request: Request, _exc: Exception) -> JSONResponse:
-    # Rules are checked before writing; a constraint that still fails lost a race with a
-    # concurrent request (a parent or project deleted meanwhile, say). Nothing was saved.
-    message = "The request conflicts with a change made at the same time; read the current state and retry"
-    return JSONResponse(envelope(409, "conflict", message), status_code=409)
-
-
-async def handle_data_error(_request: Request, _exc: Exception) -> JSONResponse:
-    # A value the database refused (out of range, malformed): the client's fault, and no data is saved.
-    return JSONResponse(envelope(400, "bad_request", "A value was refused by the database"), status_code=400)
-
-
-def report_outage(request: Request, found: Outage) -> None:
-    telemetry.count_unavailable(found.reason)
-    request.app.state.outage_log.warn(
-        found.reason, "Database unavailable (%s), answering 503: %s", found.reason, found.detail
-    )
-
-
-async def handle_database_error(request: Request, exc: Exception) -> JSONResponse:
-    """An outage or overload is a 503 the client should retry; anything else is a bug."""
-    found = outage(exc)
-    if found is None:
-        return handle_unexpected_error(request, exc)
-    report_outage(request, found)
-    # A server that is away takes a while to come back; one that is busy, a moment.
-    wait = RETRY_AFTER_SECONDS if found.reason == "connection" else BUSY_RETRY_AFTER_SECONDS
-    error = ServiceUnavailable(
-        "The database is unavailable or overloaded; retry later", headers={"Retry-After": str(wait)}
-    )
-    return JSONResponse(
-        envelope(error.status_code, error.code, error.message), status_code=error.status_code, headers=error.headers
-    )
-
-
-def handle_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    request_id = getattr(request.state, "request_id", None)
-    # Handlers run outside the `except` block, so the traceback must be passed explicitly.
-    logger.error("Unhandled error in %s %s (request %s)", request.method, request.url.path, request_id, exc_info=exc)
-    return JSONResponse(
-        envelope(500, "internal_error", "Internal server error", request_id=request_id),
-        status_code=500,
-        headers={"X-Request-ID": request_id} if request_id else None,
-    )
-
-
-# ---------------------------------------------------------------- request ids
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-class RequestIdMiddleware:
-    """Give every response an `X-Request-ID`: the caller's, if it sent a sane one, else a new one;
-    and the caller's `RateLimit` headers, when it is rate limited."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = request_id
-                # Where the caller stands against its rate limit, whatever the answer (dependencies.get_current_user).
-                headers.update(state.get("rate_limit_headers") or {})
-            await send(message)
-
-        token = current_request_id.set(request_id)
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            current_request_id.reset(token)
-
-
-class UnexpectedErrorMiddleware:
-    """Turn an unhandled exception into the 500 envelope inside the CORS layer.
-
-    Starlette's own handler for `Exception` answers from outside every middleware, so a
-    browser would get a 500 without CORS headers and could not read its `request_id`.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_tracking_start(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_tracking_start)
-        except Exception as exc:
-            if started:
-                raise
-            await handle_unexpected_error(Request(scope), exc)(scope, receive, send)
-
-
 # ---------------------------------------------------------------- the app
 
 
@@ -839,16 +667,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)  # the API first: a request is matched against the routes in order
     app.include_router(public)
     swagger_ui.install_docs(app)
-    app.add_exception_handler(TaskFlowError, handle_taskflow_error)
-    app.add_exception_handler(RequestValidationError, handle_validation_error)
-    app.add_exception_handler(StarletteHTTPException, handle_http_error)
-    app.add_exception_handler(idempotency.Replay, handle_replay)
-    app.add_exception_handler(DataError, handle_data_error)
-    app.add_exception_handler(IntegrityError, handle_integrity_error)
-    app.add_exception_handler(SQLAlchemyError, handle_database_error)
+    handlers.install(app)
     # Innermost first: each add_middleware wraps what was added before it.
-    app.add_middleware(SizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(UnexpectedErrorMiddleware)
+    app.add_middleware(handlers.SizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(handlers.UnexpectedErrorMiddleware)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.allowed_origins,
@@ -869,7 +691,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=600,
     )
     telemetry.install(app, settings)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(handlers.RequestIdMiddleware)
     return app
 
 

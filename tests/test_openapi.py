@@ -39,7 +39,8 @@ import errors
 import services
 import workflow
 from config import Settings
-from dependencies import check_idempotency_key, get_current_user, get_session
+from dependencies import get_current_user, get_session
+from idempotency import check_idempotency_key
 from main import create_app
 
 # ---------------------------------------------------------------- what a route can answer
