@@ -757,20 +757,10 @@ def update_task(
     fields = data.model_dump(exclude_unset=True)
     target_status = fields.pop("status", task.status)
 
-    if fields.get("assigned_to", task.assigned_to) != task.assigned_to and task.status in workflow.WORK_UNDER_WAY:
-        # Work under way changes hands only by its holder or a project owner, never by a grab.
-        if task.assigned_to not in {None, actor.id} and not is_task_owner(session, actor, task):
-            raise Forbidden(
-                f"Task {task_id} is being worked on by '{task.assigned_to}'; only they or an owner reassign it"
-            )
+    if fields.get("assigned_to", task.assigned_to) != task.assigned_to:
+        _check_reassign(session, actor, task)
     if "project_slug" in fields and fields["project_slug"] != task.project_slug:
-        require_creator_or_owner(session, actor, task, "move it to another project")
-        if fields["project_slug"] is not None:
-            _check_project_for_task(session, actor, fields["project_slug"])
-        if _has_subtasks(session, task):
-            raise BadRequest("A task with subtasks cannot change project; move its subtasks first")
-        if _has_dependencies(session, task):
-            raise BadRequest("A task with dependencies cannot change project; remove them first")
+        _check_move(session, actor, task, fields["project_slug"])
     # The checks below query the database: the task must not be flushed with values not yet checked.
     with session.no_autoflush:
         for field, value in fields.items():
@@ -787,6 +777,26 @@ def update_task(
     if not audit.changed(before, task.values()):
         return task  # nothing changed: no new version, no audit row
     return save(session, actor, task, before, AuditAction.task_updated, {})
+
+
+def _check_reassign(session: Session, actor: Actor, task: TaskRecord) -> None:
+    """Work under way changes hands only by its holder or a project owner, never by a grab."""
+    if task.status in workflow.WORK_UNDER_WAY and task.assigned_to not in {None, actor.id}:
+        if not is_task_owner(session, actor, task):
+            raise Forbidden(
+                f"Task {task.id} is being worked on by '{task.assigned_to}'; only they or an owner reassign it"
+            )
+
+
+def _check_move(session: Session, actor: Actor, task: TaskRecord, project_slug: str | None) -> None:
+    """A task moves to another project (or out of one) by its creator or an owner, alone."""
+    require_creator_or_owner(session, actor, task, "move it to another project")
+    if project_slug is not None:
+        _check_project_for_task(session, actor, project_slug)
+    if _has_subtasks(session, task):
+        raise BadRequest("A task with subtasks cannot change project; move its subtasks first")
+    if _has_dependencies(session, task):
+        raise BadRequest("A task with dependencies cannot change project; remove them first")
 
 
 def delete_task(session: Session, actor: Actor, task_id: int) -> None:
