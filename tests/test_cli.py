@@ -23,8 +23,8 @@ from sqlalchemy import Engine, text
 from typer.testing import CliRunner, Result
 
 import devtoken
-from cli import app
 from config import Settings
+from taskflow_cli import app
 from taskflow_client import ApiError, TaskFlowClient
 
 TASKFLOW = Path(sys.executable).parent / "taskflow"
