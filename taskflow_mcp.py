@@ -13,13 +13,22 @@ import importlib.metadata
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 from mcp.server import MCPServer
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
-from taskflow_client import ApiError, ClientError, ConfigurationError, TaskFlowClient
+from taskflow_client import (
+    ApiError,
+    ClearableTaskField,
+    ClientError,
+    ConfigurationError,
+    TaskFlowClient,
+    TaskPriority,
+    TaskSort,
+    TaskStatus,
+)
 
 INSTRUCTIONS = """\
 TaskFlow is a task board shared by humans and AI agents; you act as the worker your token names,
@@ -43,14 +52,6 @@ NEXT_STEP = {
     "unfinished_dependencies": "The task waits for other tasks to be completed: pick another task.",
     "unauthorized": "The server's TASKFLOW_TOKEN is missing, expired or invalid: a human must give it a fresh one.",
 }
-
-TaskStatus = Literal["pending", "in_progress", "review", "completed", "blocked"]
-TaskPriority = Literal["low", "medium", "high", "critical"]
-TaskSort = Literal[
-    "created_at", "-created_at", "updated_at", "-updated_at", "priority", "-priority", "due_date", "-due_date"
-]
-ClearableField = Literal["description", "assigned_to", "project", "parent_id", "due_date"]
-CLEARED_FIELD = {"project": "project_slug"}
 
 TaskId = Annotated[int, Field(ge=1, description="The task's numeric id, e.g. 42.")]
 LeaseSeconds = Annotated[
@@ -149,8 +150,8 @@ def create_server(client: TaskFlowClient) -> MCPServer:
             assigned_to=assigned_to,
             project=project,
             parent_id=parent_id,
-            q=search,
-            ready=True if ready else None,
+            search=search,
+            ready=ready,
             sort=sort,
             limit=limit,
             offset=offset,
@@ -179,16 +180,15 @@ def create_server(client: TaskFlowClient) -> MCPServer:
         a task into subtasks (parent_id). In a project you must be a member; an assignee must be one too.
         Returns the created task.
         """
-        fields = {
-            "title": title,
-            "description": description,
-            "priority": priority,
-            "project_slug": project,
-            "assigned_to": assigned_to,
-            "parent_id": parent_id,
-            "due_date": due_date,
-        }
-        data: Task = client.create_task({key: value for key, value in fields.items() if value is not None}).data
+        data: Task = client.create_task(
+            title,
+            description=description,
+            priority=priority,
+            project=project,
+            assigned_to=assigned_to,
+            parent_id=parent_id,
+            due_date=due_date,
+        ).data
         return data
 
     def update_task(
@@ -208,7 +208,7 @@ def create_server(client: TaskFlowClient) -> MCPServer:
         parent_id: Annotated[int | None, Field(ge=1, description="A new parent task id.")] = None,
         due_date: DueDate = None,
         clear: Annotated[
-            list[ClearableField] | None,
+            list[ClearableTaskField] | None,
             Field(description="Fields to empty, e.g. ['due_date', 'assigned_to']."),
         ] = None,
         expected_version: Annotated[
@@ -223,23 +223,19 @@ def create_server(client: TaskFlowClient) -> MCPServer:
         """Change some fields of a task; only the arguments you give change. Use it to correct a title,
         add details, re-prioritise, reassign or set a due date. Returns the updated task.
         """
-        fields: dict[str, Any] = {
-            key: value
-            for key, value in {
-                "title": title,
-                "description": description,
-                "priority": priority,
-                "status": status,
-                "assigned_to": assigned_to,
-                "project_slug": project,
-                "parent_id": parent_id,
-                "due_date": due_date,
-            }.items()
-            if value is not None
-        }
-        for name in clear or []:
-            fields[CLEARED_FIELD.get(name, name)] = None
-        data: Task = client.update_task(task_id, fields, if_version=expected_version).data
+        data: Task = client.update_task(
+            task_id,
+            title=title,
+            description=description,
+            priority=priority,
+            status=status,
+            assigned_to=assigned_to,
+            project=project,
+            parent_id=parent_id,
+            due_date=due_date,
+            clear=clear or (),
+            if_version=expected_version,
+        ).data
         return data
 
     def claim_next_task(

@@ -708,7 +708,7 @@ def test_a_post_whose_answer_was_lost_is_resent_with_the_same_idempotency_key_an
     network = FlakyNetwork()
 
     with TaskFlowClient(live_server.url, make_token("alice"), transport=network, resend_delays=(0.01, 0.01)) as client:
-        reply = client.create_task({"title": "Exactly once"})
+        reply = client.create_task("Exactly once")
 
     assert len(network.sent) == 3
     assert len({request.headers["Idempotency-Key"] for request in network.sent}) == 1
