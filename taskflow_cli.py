@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -875,36 +875,6 @@ def edit_worker(
     with api(ctx) as client:
         reply = client.update_worker(worker, name=name, type=type, owner_id=owner)
     show(ctx, reply, say(f"Updated {worker}."))
-
-
-# ---------------------------------------------------------------- development tokens
-
-
-@app.command("dev-token")
-def dev_token(
-    subject: Annotated[str, typer.Argument(help="The user or agent id, e.g. alice or @claude-code.")],
-    role: Annotated[Literal["user", "admin"], typer.Option(help="user or admin.")] = "user",
-    name: Annotated[str | None, typer.Option(help="Display name in the token.")] = None,
-    email: Annotated[str | None, typer.Option(help="Email in the token.")] = None,
-    ttl: Annotated[int, typer.Option(min=1, help="Lifetime in seconds.")] = 3600,
-) -> None:
-    """Print a development token, signed by the local dev key (no API call; trusted only with DEV_AUTH=true)."""
-    import devtoken
-    from config import load_settings
-
-    settings = load_settings()
-    key = devtoken.load_or_create_key(settings.dev_key_file)
-    token = devtoken.issue_token(
-        key,
-        subject=subject,
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        role=role,
-        name=name,
-        email=email,
-        ttl=ttl,
-    )
-    sys.stdout.write(token + "\n")
 
 
 def main() -> None:
