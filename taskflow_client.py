@@ -1,9 +1,14 @@
 """The TaskFlow REST API over HTTP: what the `taskflow` CLI and the `taskflow-mcp` server call.
 
 Both clients speak only to the API, never to the database, and only through this module, so
-the base URL, the token, error handling and retries live in one place. Every method is one
-endpoint and returns the API's JSON as it came; an error answer raises `ApiError` carrying the
-API's own message and code, and an unreachable server raises `ConnectionFailed` naming the URL.
+the base URL, the token, error handling, retries, the API's vocabulary (statuses, priorities,
+sort keys, worker types, roles) and the mapping of keyword arguments to JSON fields live in one
+place. Every method is one endpoint, takes its fields as keywords (None means "not given") and
+returns the API's JSON as it came; an error answer raises `ApiError` carrying the API's own
+message and code, and an unreachable server raises `ConnectionFailed` naming the URL.
+
+It imports nothing from the server: `tests/test_client_vocabulary.py` pins the words below to
+the server's enums instead.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -24,6 +30,25 @@ RESENDABLE = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.ReadError, httpx.Writ
 RESEND_DELAYS = (0.2, 1.0)
 
 JSON = Any
+
+# ---------------------------------------------------------------- the API's vocabulary
+# Literal types rather than enums: Typer offers them as choices and the MCP SDK writes them
+# into a tool's JSON schema as a plain `enum`, and both show the values the API itself uses.
+
+TaskStatus = Literal["pending", "in_progress", "review", "completed", "blocked"]
+TaskPriority = Literal["low", "medium", "high", "critical"]
+# A leading '-' sorts descending.
+TaskSort = Literal[
+    "created_at", "-created_at", "updated_at", "-updated_at", "priority", "-priority", "due_date", "-due_date"
+]
+# The server also knows `system` (TaskFlow itself, e.g. when a lease runs out): no client registers it.
+WorkerType = Literal["human", "agent"]
+ProjectRole = Literal["owner", "member"]
+# The keywords of `update_task` whose field may be emptied.
+ClearableTaskField = Literal["description", "assigned_to", "project", "parent_id", "due_date"]
+
+# A task's keyword arguments that are not its JSON field names: a task's project is its slug.
+TASK_FIELD = {"project": "project_slug"}
 
 
 class ClientError(Exception):
@@ -99,10 +124,21 @@ def segment(value: str | int) -> str:
     return quote(str(value), safe="")
 
 
+def _given(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields that were given: None means "leave it out", never "set it to null"."""
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 def _query(params: dict[str, Any] | None) -> dict[str, Any] | None:
-    if params is None:
-        return None
-    return {name: value for name, value in params.items() if value is not None}
+    return None if params is None else _given(params)
+
+
+def _task_body(fields: dict[str, Any], clear: Iterable[ClearableTaskField] = ()) -> dict[str, Any]:
+    """A task's JSON body from keyword arguments: the given ones, renamed to their fields, then the cleared ones as null."""
+    body = {TASK_FIELD.get(name, name): value for name, value in _given(fields).items()}
+    for name in clear:
+        body[TASK_FIELD.get(name, name)] = None
+    return body
 
 
 class TaskFlowClient:
@@ -209,20 +245,90 @@ class TaskFlowClient:
 
     # ------------------------------------------------------------ tasks
 
-    def list_tasks(self, **filters: Any) -> Page:
-        """`GET /api/tasks` with any of status, priority, assigned_to, project, parent_id, q, ready, sort, limit, offset."""
-        return self.page("/api/tasks", **filters)
+    def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        priority: TaskPriority | None = None,
+        assigned_to: str | None = None,
+        project: str | None = None,
+        parent_id: int | None = None,
+        search: str | None = None,
+        ready: bool = False,
+        sort: TaskSort | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> Page:
+        """`GET /api/tasks`. `search` matches titles; `ready=True` keeps what the caller could claim now (False: no filter)."""
+        return self.page(
+            "/api/tasks",
+            status=status,
+            priority=priority,
+            assigned_to=assigned_to,
+            project=project,
+            parent_id=parent_id,
+            q=search,
+            ready=True if ready else None,
+            sort=sort,
+            limit=limit,
+            offset=offset,
+        )
 
     def get_task(self, task_id: int) -> Reply:
         return self.get(f"/api/tasks/{task_id}")
 
-    def create_task(self, fields: dict[str, Any]) -> Reply:
-        return self.post("/api/tasks", fields)
+    def create_task(
+        self,
+        title: str,
+        *,
+        description: str | None = None,
+        priority: TaskPriority | None = None,
+        project: str | None = None,
+        assigned_to: str | None = None,
+        parent_id: int | None = None,
+        due_date: str | None = None,
+    ) -> Reply:
+        """`POST /api/tasks`; what is not given takes the API's default. `due_date` is ISO 8601."""
+        fields = {
+            "title": title,
+            "description": description,
+            "priority": priority,
+            "project": project,
+            "assigned_to": assigned_to,
+            "parent_id": parent_id,
+            "due_date": due_date,
+        }
+        return self.post("/api/tasks", _task_body(fields))
 
-    def update_task(self, task_id: int, fields: dict[str, Any], *, if_version: int | None = None) -> Reply:
-        """`PATCH` the fields given (None clears); with `if_version`, only if the task is still at that version."""
+    def update_task(
+        self,
+        task_id: int,
+        *,
+        title: str | None = None,
+        description: str | None = None,
+        priority: TaskPriority | None = None,
+        status: TaskStatus | None = None,
+        assigned_to: str | None = None,
+        project: str | None = None,
+        parent_id: int | None = None,
+        due_date: str | None = None,
+        clear: Iterable[ClearableTaskField] = (),
+        if_version: int | None = None,
+    ) -> Reply:
+        """`PATCH` the fields given, and empty those named in `clear` (which wins over a value given for
+        the same field); with `if_version`, only if the task is still at that version."""
+        fields = {
+            "title": title,
+            "description": description,
+            "priority": priority,
+            "status": status,
+            "assigned_to": assigned_to,
+            "project": project,
+            "parent_id": parent_id,
+            "due_date": due_date,
+        }
         headers = {"If-Match": f'"{if_version}"'} if if_version is not None else None
-        return self.request("PATCH", f"/api/tasks/{task_id}", json_body=fields, headers=headers)
+        return self.request("PATCH", f"/api/tasks/{task_id}", json_body=_task_body(fields, clear), headers=headers)
 
     def delete_task(self, task_id: int) -> Reply:
         return self.request("DELETE", f"/api/tasks/{task_id}")
@@ -233,11 +339,11 @@ class TaskFlowClient:
     # ------------------------------------------------------------ the workflow
 
     def claim_next(
-        self, *, project: str | None = None, min_priority: str | None = None, lease_seconds: int | None = None
+        self, *, project: str | None = None, min_priority: TaskPriority | None = None, lease_seconds: int | None = None
     ) -> Reply:
         """`POST /api/tasks/claim`: the claimed task, or a reply whose data is None when nothing is ready (204)."""
         body = {"project": project, "min_priority": min_priority, "lease_seconds": lease_seconds}
-        return self.post("/api/tasks/claim", {name: value for name, value in body.items() if value is not None})
+        return self.post("/api/tasks/claim", _given(body))
 
     def start_task(self, task_id: int, *, lease_seconds: int | None = None) -> Reply:
         return self.post(f"/api/tasks/{task_id}/start", lease_seconds=lease_seconds)
@@ -282,10 +388,16 @@ class TaskFlowClient:
     def get_project(self, slug: str) -> Reply:
         return self.get(f"/api/projects/{segment(slug)}")
 
-    def create_project(self, fields: dict[str, Any]) -> Reply:
-        return self.post("/api/projects", fields)
+    def create_project(self, slug: str, name: str, *, description: str | None = None) -> Reply:
+        return self.post("/api/projects", _given({"slug": slug, "name": name, "description": description}))
 
-    def update_project(self, slug: str, fields: dict[str, Any]) -> Reply:
+    def update_project(
+        self, slug: str, *, name: str | None = None, description: str | None = None, clear_description: bool = False
+    ) -> Reply:
+        """`PATCH` the fields given; `clear_description` empties the description (whatever `description` says)."""
+        fields = _given({"name": name, "description": description})
+        if clear_description:
+            fields["description"] = None
         return self.request("PATCH", f"/api/projects/{segment(slug)}", json_body=fields)
 
     def delete_project(self, slug: str) -> Reply:
@@ -294,11 +406,11 @@ class TaskFlowClient:
     def list_members(self, slug: str, *, limit: int | None = None, offset: int | None = None) -> Page:
         return self.page(f"/api/projects/{segment(slug)}/members", limit=limit, offset=offset)
 
-    def add_member(self, slug: str, worker_id: str, role: str | None = None) -> Reply:
-        body = {"worker_id": worker_id} | ({"role": role} if role else {})
-        return self.post(f"/api/projects/{segment(slug)}/members", body)
+    def add_member(self, slug: str, worker_id: str, *, role: ProjectRole | None = None) -> Reply:
+        """Add a worker to a project, as a member unless `role` says otherwise."""
+        return self.post(f"/api/projects/{segment(slug)}/members", _given({"worker_id": worker_id, "role": role}))
 
-    def update_member(self, slug: str, worker_id: str, role: str) -> Reply:
+    def update_member(self, slug: str, worker_id: str, role: ProjectRole) -> Reply:
         path = f"/api/projects/{segment(slug)}/members/{segment(worker_id)}"
         return self.request("PATCH", path, json_body={"role": role})
 
@@ -307,20 +419,58 @@ class TaskFlowClient:
 
     # ------------------------------------------------------------ workers and the audit log
 
-    def list_workers(self, *, type: str | None = None, limit: int | None = None, offset: int | None = None) -> Page:
+    def list_workers(
+        self, *, type: WorkerType | None = None, limit: int | None = None, offset: int | None = None
+    ) -> Page:
         return self.page("/api/workers", type=type, limit=limit, offset=offset)
 
     def get_worker(self, worker_id: str) -> Reply:
         return self.get(f"/api/workers/{segment(worker_id)}")
 
-    def register_worker(self, fields: dict[str, Any]) -> Reply:
-        return self.post("/api/workers", fields)
+    def register_worker(
+        self, worker_id: str, *, type: WorkerType = "human", name: str | None = None, owner_id: str | None = None
+    ) -> Reply:
+        """Register a worker, named after its id unless `name` is given; `owner_id`: an agent's accountable human."""
+        body = {"id": worker_id, "type": type, "name": worker_id if name is None else name, "owner_id": owner_id}
+        return self.post("/api/workers", _given(body))
 
-    def update_worker(self, worker_id: str, fields: dict[str, Any]) -> Reply:
-        return self.request("PATCH", f"/api/workers/{segment(worker_id)}", json_body=fields)
+    def update_worker(
+        self,
+        worker_id: str,
+        *,
+        name: str | None = None,
+        type: WorkerType | None = None,
+        owner_id: str | None = None,
+    ) -> Reply:
+        body = _given({"name": name, "type": type, "owner_id": owner_id})
+        return self.request("PATCH", f"/api/workers/{segment(worker_id)}", json_body=body)
 
-    def list_audit(self, **filters: Any) -> Page:
-        return self.page("/api/audit", **filters)
+    def list_audit(
+        self,
+        *,
+        task_id: int | None = None,
+        project: str | None = None,
+        actor_id: str | None = None,
+        owner_id: str | None = None,
+        action: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> Page:
+        """`GET /api/audit`, newest first: `since` (inclusive) and `until` (exclusive) are ISO 8601."""
+        return self.page(
+            "/api/audit",
+            task_id=task_id,
+            project=project,
+            actor_id=actor_id,
+            owner_id=owner_id,
+            action=action,
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+        )
 
 
 def _code(response: httpx.Response) -> str | None:

@@ -23,16 +23,17 @@ from sqlalchemy import Engine, text
 from typer.testing import CliRunner, Result
 
 import devtoken
-from cli import app
 from config import Settings
+from taskflow_cli import app
 from taskflow_client import ApiError, TaskFlowClient
 
 TASKFLOW = Path(sys.executable).parent / "taskflow"
+DEVTOKEN = Path(devtoken.__file__)
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """These servers also trust the development key, so `taskflow dev-token` can be tried for real."""
+    """These servers also trust the development key, so a token from `devtoken.py` can be tried for real."""
     # WARNING: the server runs in this process, and its request log lines would land on the CLI's captured stderr.
     return settings.model_copy(update={"dev_auth": True, "log_level": "WARNING"})
 
@@ -646,18 +647,29 @@ def test_login_refuses_a_url_that_is_not_http(cli: Cli) -> None:
     assert "http(s) URL" in result.stderr
 
 
-def test_dev_token_prints_a_token_the_server_trusts_with_dev_auth(cli: Cli, settings: Settings) -> None:
-    env: dict[str, str | None] = {
+def test_devtoken_prints_a_token_the_server_trusts_with_dev_auth_and_the_cli_uses_it(
+    cli: Cli, settings: Settings, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
         "DEV_KEY_FILE": settings.dev_key_file,
         "AUTH_SERVER_URL": settings.auth_server_url,
         "JWT_ISSUER": settings.jwt_issuer,
         "JWT_AUDIENCE": settings.jwt_audience,
-        "TASKFLOW_TOKEN": None,
     }
 
-    result = cli("dev-token", "@builder", "--role", "admin", "--name", "Builder", "--ttl", "120", env=env)
+    # The documented command, `uv run python devtoken.py ...`, from a directory with no .env.
+    result = subprocess.run(
+        [sys.executable, str(DEVTOKEN), "@builder", "--role", "admin", "--name", "Builder", "--ttl", "120"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     key = devtoken.load_or_create_key(settings.dev_key_file)
     claims = jwt.decode(token, devtoken.public_jwk(key), algorithms=["EdDSA"], audience=settings.jwt_audience)
@@ -708,7 +720,7 @@ def test_a_post_whose_answer_was_lost_is_resent_with_the_same_idempotency_key_an
     network = FlakyNetwork()
 
     with TaskFlowClient(live_server.url, make_token("alice"), transport=network, resend_delays=(0.01, 0.01)) as client:
-        reply = client.create_task({"title": "Exactly once"})
+        reply = client.create_task("Exactly once")
 
     assert len(network.sent) == 3
     assert len({request.headers["Idempotency-Key"] for request in network.sent}) == 1

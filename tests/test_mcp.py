@@ -1,7 +1,8 @@
 """The `taskflow-mcp` server, driven by the MCP SDK's own client over stdio (and streamable HTTP).
 
 The server is the installed console script in a subprocess, given TASKFLOW_URL of a live
-TaskFlow server and a real agent token: every tool call goes over real HTTP to the API.
+TaskFlow server and a real agent token: every tool call goes over real HTTP to the API. Only
+the registration of tools is also checked in process.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, TextContent
 from sqlalchemy import Engine, text
+
+from taskflow_client import TaskFlowClient
+from taskflow_mcp import bind, task
 
 TASKFLOW_MCP = Path(sys.executable).parent / "taskflow-mcp"
 TOOLS = {
@@ -230,6 +234,15 @@ def test_claim_next_task_with_nothing_ready_says_so_without_an_error(run_mcp: Ca
         assert result["task"] is None
 
     run_mcp(scenario)
+
+
+def test_a_tool_that_does_not_take_the_client_first_is_refused_at_registration() -> None:
+    # Binding strips the first parameter from the schema: were it not the client, an argument would vanish.
+    def get_task(task_id: int, client: TaskFlowClient) -> dict[str, Any]:
+        return task(client.get_task(task_id))
+
+    with TaskFlowClient("http://127.0.0.1:9", "token") as client, pytest.raises(TypeError, match="get_task"):
+        bind(get_task, client)
 
 
 # ---------------------------------------------------------------- errors

@@ -19,7 +19,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from typer.testing import CliRunner
 
-from cli import app
+from taskflow_cli import app
 
 AGENT = "@agent-x"
 TASKFLOW_MCP = Path(sys.executable).parent / "taskflow-mcp"

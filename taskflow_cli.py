@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -26,24 +26,24 @@ from rich.text import Text
 from taskflow_client import (
     JSON,
     ApiError,
+    ClearableTaskField,
     ClientError,
     ConfigurationError,
     Page,
+    ProjectRole,
     Reply,
     TaskFlowClient,
+    TaskPriority,
+    TaskSort,
+    TaskStatus,
+    WorkerType,
     normalize_url,
 )
 
-Status = Literal["pending", "in_progress", "review", "completed", "blocked"]
-Priority = Literal["low", "medium", "high", "critical"]
-Sort = Literal[
-    "created_at", "-created_at", "updated_at", "-updated_at", "priority", "-priority", "due_date", "-due_date"
-]
-Role = Literal["owner", "member"]
-WorkerType = Literal["human", "agent"]
-
 
 class Clearable(enum.StrEnum):
+    """What `edit --clear` empties, named like `edit`'s own options."""
+
     description = "description"
     assign = "assign"
     project = "project"
@@ -51,12 +51,12 @@ class Clearable(enum.StrEnum):
     due = "due"
 
 
-CLEARED_FIELD = {
-    "description": "description",
-    "assign": "assigned_to",
-    "project": "project_slug",
-    "parent": "parent_id",
-    "due": "due_date",
+CLEARED: dict[Clearable, ClearableTaskField] = {
+    Clearable.description: "description",
+    Clearable.assign: "assigned_to",
+    Clearable.project: "project",
+    Clearable.parent: "parent_id",
+    Clearable.due: "due_date",
 }
 
 HELP = """Work the TaskFlow board from a terminal or a script.
@@ -428,8 +428,8 @@ def logout() -> None:
 @app.command("list")
 def list_tasks(
     ctx: typer.Context,
-    status: Annotated[Status | None, typer.Option(help="Only tasks with this status.")] = None,
-    priority: Annotated[Priority | None, typer.Option(help="Only tasks with this priority.")] = None,
+    status: Annotated[TaskStatus | None, typer.Option(help="Only tasks with this status.")] = None,
+    priority: Annotated[TaskPriority | None, typer.Option(help="Only tasks with this priority.")] = None,
     assigned_to: Annotated[
         str | None, typer.Option("--assigned-to", "--assignee", help="Only tasks assigned to this worker id.")
     ] = None,
@@ -438,7 +438,7 @@ def list_tasks(
     search: Annotated[str | None, typer.Option("--search", "-q", help="Title contains this (any case).")] = None,
     ready: Annotated[bool, typer.Option("--ready", help="Only tasks you could claim now.")] = False,
     sort: Annotated[
-        Sort, typer.Option(help="Sort key; a leading '-' sorts descending (use --sort=-priority).")
+        TaskSort, typer.Option(help="Sort key; a leading '-' sorts descending (use --sort=-priority).")
     ] = "created_at",
     limit: Annotated[int, typer.Option(min=1, max=100, help="Page size.")] = 50,
     offset: Annotated[int, typer.Option(min=0, help="Tasks to skip.")] = 0,
@@ -451,8 +451,8 @@ def list_tasks(
             assigned_to=assigned_to,
             project=project,
             parent_id=parent,
-            q=search,
-            ready=True if ready else None,
+            search=search,
+            ready=ready,
             sort=sort,
             limit=limit,
             offset=offset,
@@ -473,24 +473,23 @@ def add(
     ctx: typer.Context,
     title: Annotated[str, typer.Argument(help="What is to be done.")],
     project: Annotated[str | None, typer.Option("--project", "-p", help="The project's slug.")] = None,
-    priority: Annotated[Priority | None, typer.Option(help="low, medium (the default), high or critical.")] = None,
+    priority: Annotated[TaskPriority | None, typer.Option(help="low, medium (the default), high or critical.")] = None,
     parent: Annotated[int | None, typer.Option(min=1, help="Make it a subtask of this task id.")] = None,
     assign: Annotated[str | None, typer.Option(help="Assign it to this worker id.")] = None,
     due: Annotated[str | None, typer.Option(help="Due date, ISO 8601: 2026-12-01 or 2026-12-01T17:00:00Z.")] = None,
     description: Annotated[str | None, typer.Option("--description", "-d", help="Details.")] = None,
 ) -> None:
     """Create a task; it starts pending."""
-    fields = {
-        "title": title,
-        "project_slug": project,
-        "priority": priority,
-        "parent_id": parent,
-        "assigned_to": assign,
-        "due_date": due,
-        "description": description,
-    }
     with api(ctx) as client:
-        reply = client.create_task({name: value for name, value in fields.items() if value is not None})
+        reply = client.create_task(
+            title,
+            description=description,
+            priority=priority,
+            project=project,
+            assigned_to=assign,
+            parent_id=parent,
+            due_date=due,
+        )
     show(ctx, reply, render_task_line)
 
 
@@ -500,8 +499,8 @@ def edit(
     task_id: Annotated[int, typer.Argument(min=1, metavar="ID")],
     title: Annotated[str | None, typer.Option(help="A new title.")] = None,
     description: Annotated[str | None, typer.Option("--description", "-d", help="New details.")] = None,
-    priority: Annotated[Priority | None, typer.Option(help="A new priority.")] = None,
-    status: Annotated[Status | None, typer.Option(help="A new status, by the workflow's rules.")] = None,
+    priority: Annotated[TaskPriority | None, typer.Option(help="A new priority.")] = None,
+    status: Annotated[TaskStatus | None, typer.Option(help="A new status, by the workflow's rules.")] = None,
     assign: Annotated[str | None, typer.Option(help="Assign it to this worker id.")] = None,
     project: Annotated[str | None, typer.Option("--project", "-p", help="Move it to this project.")] = None,
     parent: Annotated[int | None, typer.Option(min=1, help="Make it a subtask of this task id.")] = None,
@@ -515,29 +514,37 @@ def edit(
     ] = None,
 ) -> None:
     """Change a task's fields: only those given change."""
-    fields: dict[str, Any] = {
-        name: value
-        for name, value in {
-            "title": title,
-            "description": description,
-            "priority": priority,
-            "status": status,
-            "assigned_to": assign,
-            "project_slug": project,
-            "parent_id": parent,
-            "due_date": due,
-        }.items()
-        if value is not None
+    cleared = clear or []
+    # By option name, as --clear names them.
+    given: dict[str, object] = {
+        "title": title,
+        "description": description,
+        "priority": priority,
+        "status": status,
+        "assign": assign,
+        "project": project,
+        "parent": parent,
+        "due": due,
     }
-    for name in clear or []:
-        field = CLEARED_FIELD[name]
-        if field in fields:
+    for name in cleared:
+        if given[name] is not None:
             fail(f"--{name} and --clear {name} contradict each other.", USAGE_ERROR)
-        fields[field] = None
-    if not fields:
+    if not cleared and all(value is None for value in given.values()):
         fail("Nothing to change: give at least one option, e.g. --title or --clear due.", USAGE_ERROR)
     with api(ctx) as client:
-        reply = client.update_task(task_id, fields, if_version=if_version)
+        reply = client.update_task(
+            task_id,
+            title=title,
+            description=description,
+            priority=priority,
+            status=status,
+            assigned_to=assign,
+            project=project,
+            parent_id=parent,
+            due_date=due,
+            clear=[CLEARED[name] for name in cleared],
+            if_version=if_version,
+        )
     show(ctx, reply, render_task_line)
 
 
@@ -586,7 +593,7 @@ def claim(
     ctx: typer.Context,
     project: Annotated[str | None, typer.Option("--project", "-p", help="Only from this project.")] = None,
     lease: LeaseOption = None,
-    min_priority: Annotated[Priority | None, typer.Option(help="Only tasks of at least this priority.")] = None,
+    min_priority: Annotated[TaskPriority | None, typer.Option(help="Only tasks of at least this priority.")] = None,
 ) -> None:
     """Claim the best ready task (highest priority, soonest due, oldest) and start it."""
     with api(ctx) as client:
@@ -734,9 +741,8 @@ def create_project(
     description: Annotated[str | None, typer.Option("--description", "-d", help="What it is for.")] = None,
 ) -> None:
     """Create a project; you become its owner."""
-    fields = {"slug": slug, "name": name} | ({"description": description} if description is not None else {})
     with api(ctx) as client:
-        reply = client.create_project(fields)
+        reply = client.create_project(slug, name, description=description)
     show(ctx, reply, say(f"Created project {slug}."))
 
 
@@ -749,15 +755,10 @@ def edit_project(
     clear_description: Annotated[bool, typer.Option("--clear-description", help="Empty the description.")] = False,
 ) -> None:
     """Rename or describe a project (an owner)."""
-    fields: dict[str, Any] = {"name": name} if name is not None else {}
-    if description is not None:
-        fields["description"] = description
-    if clear_description:
-        fields["description"] = None
-    if not fields:
+    if name is None and description is None and not clear_description:
         fail("Nothing to change: give --name, --description or --clear-description.", USAGE_ERROR)
     with api(ctx) as client:
-        reply = client.update_project(slug, fields)
+        reply = client.update_project(slug, name=name, description=description, clear_description=clear_description)
     show(ctx, reply, say(f"Updated project {slug}."))
 
 
@@ -790,11 +791,11 @@ def add_member(
     ctx: typer.Context,
     slug: SlugArgument,
     worker: WorkerArgument,
-    role: Annotated[Role | None, typer.Option(help="member (the default) or owner.")] = None,
+    role: Annotated[ProjectRole | None, typer.Option(help="member (the default) or owner.")] = None,
 ) -> None:
     """Add a registered worker to a project (an owner)."""
     with api(ctx) as client:
-        reply = client.add_member(slug, worker, role)
+        reply = client.add_member(slug, worker, role=role)
     show(ctx, reply, say(f"Added {worker} to {slug} as {role or 'member'}."))
 
 
@@ -811,7 +812,7 @@ def change_role(
     ctx: typer.Context,
     slug: SlugArgument,
     worker: WorkerArgument,
-    role: Annotated[Role, typer.Argument(metavar="ROLE", help="owner or member.")],
+    role: Annotated[ProjectRole, typer.Argument(metavar="ROLE", help="owner or member.")],
 ) -> None:
     """Change a member's role (an owner)."""
     with api(ctx) as client:
@@ -854,9 +855,9 @@ def register_worker(
     owner: Annotated[str | None, typer.Option(help="For an agent: the human accountable for it.")] = None,
 ) -> None:
     """Register a worker: yourself, or (an admin) any id, such as an agent's."""
-    fields = {"id": worker, "type": type, "name": name or worker} | ({"owner_id": owner} if owner else {})
     with api(ctx) as client:
-        reply = client.register_worker(fields)
+        # An empty --name or --owner counts as not given: named after the id, with no owner.
+        reply = client.register_worker(worker, type=type, name=name or None, owner_id=owner or None)
     show(ctx, reply, say(f"Registered {type} {worker}."))
 
 
@@ -869,42 +870,11 @@ def edit_worker(
     owner: Annotated[str | None, typer.Option(help="For an agent: the human accountable for it.")] = None,
 ) -> None:
     """Rename yourself; an admin may change any worker, its type and its owner."""
-    fields = {key: value for key, value in {"name": name, "type": type, "owner_id": owner}.items() if value is not None}
-    if not fields:
+    if name is None and type is None and owner is None:
         fail("Nothing to change: give --name, --type or --owner.", USAGE_ERROR)
     with api(ctx) as client:
-        reply = client.update_worker(worker, fields)
+        reply = client.update_worker(worker, name=name, type=type, owner_id=owner)
     show(ctx, reply, say(f"Updated {worker}."))
-
-
-# ---------------------------------------------------------------- development tokens
-
-
-@app.command("dev-token")
-def dev_token(
-    subject: Annotated[str, typer.Argument(help="The user or agent id, e.g. alice or @claude-code.")],
-    role: Annotated[Literal["user", "admin"], typer.Option(help="user or admin.")] = "user",
-    name: Annotated[str | None, typer.Option(help="Display name in the token.")] = None,
-    email: Annotated[str | None, typer.Option(help="Email in the token.")] = None,
-    ttl: Annotated[int, typer.Option(min=1, help="Lifetime in seconds.")] = 3600,
-) -> None:
-    """Print a development token, signed by the local dev key (no API call; trusted only with DEV_AUTH=true)."""
-    import devtoken
-    from config import load_settings
-
-    settings = load_settings()
-    key = devtoken.load_or_create_key(settings.dev_key_file)
-    token = devtoken.issue_token(
-        key,
-        subject=subject,
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        role=role,
-        name=name,
-        email=email,
-        ttl=ttl,
-    )
-    sys.stdout.write(token + "\n")
 
 
 def main() -> None:

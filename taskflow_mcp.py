@@ -1,0 +1,425 @@
+"""The `taskflow-mcp` server: TaskFlow's workflow as MCP tools, for AI agents.
+
+Every tool is one call to the REST API through `taskflow_client`, with the agent's own token
+(`TASKFLOW_URL`, `TASKFLOW_TOKEN`), never the database: an agent can do exactly what its token
+may do over HTTP, and the audit log names it. stdio by default; `--http` serves streamable HTTP.
+
+A tool is a plain function of the client and its arguments: its docstring is what the model
+reads, its annotated parameters (all but the client) its input schema. `TOOLS` lists them with
+their hints, and `create_server` registers each one bound to the server's client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.metadata
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from mcp.server import MCPServer
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import Field
+
+from taskflow_client import (
+    ApiError,
+    ClearableTaskField,
+    ClientError,
+    ConfigurationError,
+    Reply,
+    TaskFlowClient,
+    TaskPriority,
+    TaskSort,
+    TaskStatus,
+)
+
+INSTRUCTIONS = """\
+TaskFlow is a task board shared by humans and AI agents; you act as the worker your token names,
+and every change you make is written to an audit log under that name.
+
+The usual loop: claim_next_task (or claim_task for a specific id) -> do the work, calling
+heartbeat or update_progress before the lease expires -> submit_for_review or complete_task.
+If you cannot go on, block_task with the reason, or release_task to hand the task back.
+
+A failed call returns an error whose `code` says what happened: not_found (no such task, or you
+may not see it), forbidden (the action belongs to someone else), invalid_transition (the task's
+status does not allow it), lease_lost (your claim expired: stop working on that task),
+precondition_failed (the task changed since you read it: get_task again), unfinished_dependencies
+(it waits for other tasks), validation_error (an argument is malformed)."""
+
+# Hints appended to an error for the model: what to do next, not just what went wrong.
+NEXT_STEP = {
+    "lease_lost": "Your claim on this task expired and it went back to the pool: stop working on it, "
+    "and call claim_next_task for new work.",
+    "precondition_failed": "Someone changed the task since you read it: call get_task, then retry with its new version.",
+    "unfinished_dependencies": "The task waits for other tasks to be completed: pick another task.",
+    "unauthorized": "The server's TASKFLOW_TOKEN is missing, expired or invalid: a human must give it a fresh one.",
+}
+
+TaskId = Annotated[int, Field(ge=1, description="The task's numeric id, e.g. 42.")]
+LeaseSeconds = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        description="How many seconds your claim lasts unless renewed by heartbeat or update_progress. "
+        "Omit to use the server's default (which may be no expiry).",
+    ),
+]
+ProjectSlug = Annotated[str | None, Field(description="A project's slug (its short lowercase id, e.g. 'launch').")]
+WorkerId = Annotated[str | None, Field(description="A worker's id: a person's user id, or an agent id like '@coder'.")]
+DueDate = Annotated[
+    str | None,
+    Field(description="Due date in ISO 8601, e.g. '2026-12-01' or '2026-12-01T17:00:00Z' (UTC if no offset)."),
+]
+
+Task = dict[str, Any]
+R = TypeVar("R")
+
+
+def task(reply: Reply) -> Task:
+    data: Task = reply.data
+    return data
+
+
+# ---------------------------------------------------------------- reading
+
+
+def list_tasks(
+    client: TaskFlowClient,
+    status: Annotated[TaskStatus | None, Field(description="Only tasks with this status.")] = None,
+    priority: Annotated[TaskPriority | None, Field(description="Only tasks with this priority.")] = None,
+    assigned_to: Annotated[str | None, Field(description="Only tasks assigned to this worker id.")] = None,
+    project: ProjectSlug = None,
+    parent_id: Annotated[int | None, Field(ge=1, description="Only subtasks of this task id.")] = None,
+    search: Annotated[str | None, Field(description="Only tasks whose title contains this text (any case).")] = None,
+    ready: Annotated[
+        bool,
+        Field(
+            description="True: only tasks you could claim right now (pending, unassigned or yours, no unfinished dependency)."
+        ),
+    ] = False,
+    sort: Annotated[
+        TaskSort, Field(description="Sort key; a leading '-' means descending, e.g. '-priority'.")
+    ] = "created_at",
+    limit: Annotated[int, Field(ge=1, le=100, description="At most this many tasks (1-100).")] = 20,
+    offset: Annotated[int, Field(ge=0, description="Skip this many, to page through results.")] = 0,
+) -> dict[str, Any]:
+    """List the tasks you can see on the TaskFlow board, with filters.
+
+    Use it to survey work (e.g. ready=true for what you could claim, or assigned_to=<your id> for
+    what you hold). Returns {"tasks": [...], "total": <number of matches>}; each task has id, title,
+    description, status, priority, progress_percent, assigned_to, project_slug, due_date, version.
+    """
+    page = client.list_tasks(
+        status=status,
+        priority=priority,
+        assigned_to=assigned_to,
+        project=project,
+        parent_id=parent_id,
+        search=search,
+        ready=ready,
+        sort=sort,
+        limit=limit,
+        offset=offset,
+    )
+    return {"tasks": page.items, "total": page.total}
+
+
+def get_task(client: TaskFlowClient, task_id: TaskId) -> Task:
+    """Get one task by id: its title, description, status, priority, progress, assignee, due date,
+    lease expiry and version. Use it before acting on a task whose state you are unsure of.
+    """
+    return task(client.get_task(task_id))
+
+
+def get_task_history(
+    client: TaskFlowClient,
+    task_id: TaskId,
+    limit: Annotated[int, Field(ge=1, le=100, description="At most this many entries.")] = 50,
+    offset: Annotated[int, Field(ge=0, description="Skip this many, to page through.")] = 0,
+) -> dict[str, Any]:
+    """A task's audit trail, oldest first: every change, who made it (actor_id, actor_type human,
+    agent or system) and what changed (context). Use it to learn what others did before you, or why
+    a task is in its state. Returns {"entries": [...], "total": <number of entries>}.
+    """
+    page = client.task_history(task_id, limit=limit, offset=offset)
+    return {"entries": page.items, "total": page.total}
+
+
+# ---------------------------------------------------------------- writing
+
+
+def create_task(
+    client: TaskFlowClient,
+    title: Annotated[str, Field(min_length=1, max_length=200, description="A short imperative summary.")],
+    description: Annotated[str | None, Field(description="Details: what done looks like, links, context.")] = None,
+    priority: Annotated[TaskPriority, Field(description="How urgent it is.")] = "medium",
+    project: ProjectSlug = None,
+    assigned_to: WorkerId = None,
+    parent_id: Annotated[
+        int | None, Field(ge=1, description="Make it a subtask of this task id (same project).")
+    ] = None,
+    due_date: DueDate = None,
+) -> Task:
+    """Create a new task (status pending). Use it to record follow-up work you discover, or to split
+    a task into subtasks (parent_id). In a project you must be a member; an assignee must be one too.
+    Returns the created task.
+    """
+    reply = client.create_task(
+        title,
+        description=description,
+        priority=priority,
+        project=project,
+        assigned_to=assigned_to,
+        parent_id=parent_id,
+        due_date=due_date,
+    )
+    return task(reply)
+
+
+def update_task(
+    client: TaskFlowClient,
+    task_id: TaskId,
+    title: Annotated[str | None, Field(min_length=1, max_length=200, description="A new title.")] = None,
+    description: Annotated[str | None, Field(description="A new description.")] = None,
+    priority: Annotated[TaskPriority | None, Field(description="A new priority.")] = None,
+    status: Annotated[
+        TaskStatus | None,
+        Field(
+            description="A new status, by the workflow's rules (e.g. 'in_progress' to reopen or to take back "
+            "a task from review). Prefer the dedicated tools for claiming, review, completion and blocking."
+        ),
+    ] = None,
+    assigned_to: WorkerId = None,
+    project: ProjectSlug = None,
+    parent_id: Annotated[int | None, Field(ge=1, description="A new parent task id.")] = None,
+    due_date: DueDate = None,
+    clear: Annotated[
+        list[ClearableTaskField] | None,
+        Field(description="Fields to empty, e.g. ['due_date', 'assigned_to']."),
+    ] = None,
+    expected_version: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="The task's version as you last read it: the change is refused (precondition_failed) "
+            "if someone changed it since. Recommended, so you never overwrite a human's edit.",
+        ),
+    ] = None,
+) -> Task:
+    """Change some fields of a task; only the arguments you give change. Use it to correct a title,
+    add details, re-prioritise, reassign or set a due date. Returns the updated task.
+    """
+    reply = client.update_task(
+        task_id,
+        title=title,
+        description=description,
+        priority=priority,
+        status=status,
+        assigned_to=assigned_to,
+        project=project,
+        parent_id=parent_id,
+        due_date=due_date,
+        clear=clear or (),
+        if_version=expected_version,
+    )
+    return task(reply)
+
+
+def claim_next_task(
+    client: TaskFlowClient,
+    project: ProjectSlug = None,
+    min_priority: Annotated[
+        TaskPriority | None, Field(description="Only consider tasks of at least this priority.")
+    ] = None,
+    lease_seconds: LeaseSeconds = None,
+) -> dict[str, Any]:
+    """Claim the best task that is ready for you and start it, atomically: no other worker can get
+    the same task. Picks the highest priority, then the soonest due, then the oldest, among pending
+    tasks that are unassigned or assigned to you and wait for no unfinished dependency.
+
+    Use it when you are free for new work. Returns {"claimed": true, "task": {...}} with the task
+    now in_progress and assigned to you, or {"claimed": false, "task": null} when nothing is ready.
+    Keep the claim alive with heartbeat or update_progress until you finish.
+    """
+    claimed = client.claim_next(project=project, min_priority=min_priority, lease_seconds=lease_seconds).data
+    if claimed is None:
+        return {"claimed": False, "task": None, "message": "Nothing is ready to claim right now."}
+    return {"claimed": True, "task": claimed}
+
+
+def claim_task(client: TaskFlowClient, task_id: TaskId, lease_seconds: LeaseSeconds = None) -> Task:
+    """Claim and start one specific pending task (unassigned, or assigned to you): it becomes
+    in_progress and yours. Use it when told to work on a given task; otherwise prefer claim_next_task.
+    Fails if someone else holds it, or (unfinished_dependencies) if it waits for other tasks.
+    """
+    return task(client.start_task(task_id, lease_seconds=lease_seconds))
+
+
+def heartbeat(client: TaskFlowClient, task_id: TaskId, lease_seconds: LeaseSeconds = None) -> Task:
+    """Renew your lease on a task you hold, to show you are still working on it. Call it well before
+    lease_expires_at when a step takes long and you have no progress to report. If it fails with
+    lease_lost, the claim expired: stop working on that task.
+    """
+    return task(client.heartbeat(task_id, lease_seconds=lease_seconds))
+
+
+def update_progress(
+    client: TaskFlowClient,
+    task_id: TaskId,
+    percent: Annotated[int, Field(ge=0, le=100, description="How far along the task is, 0 to 100.")],
+    note: Annotated[
+        str | None, Field(max_length=2000, description="What was done since the last update, for the humans.")
+    ] = None,
+) -> Task:
+    """Report progress on a task you hold (in_progress); it also renews your lease. Use it after each
+    meaningful step, with a short note of what was done.
+    """
+    return task(client.update_progress(task_id, percent, note))
+
+
+def submit_for_review(client: TaskFlowClient, task_id: TaskId) -> Task:
+    """Hand a task you hold (in_progress) over for review by a human: status becomes review. Use it
+    when the work is done but should be checked before it counts as completed.
+    """
+    return task(client.submit_for_review(task_id))
+
+
+def complete_task(client: TaskFlowClient, task_id: TaskId) -> Task:
+    """Mark a task you hold completed (from in_progress or review); progress becomes 100. Use it when
+    the work is finished and needs no review.
+    """
+    return task(client.complete_task(task_id))
+
+
+def block_task(
+    client: TaskFlowClient,
+    task_id: TaskId,
+    reason: Annotated[
+        str,
+        Field(min_length=1, max_length=2000, description="Why work cannot go on, and what would unblock it."),
+    ],
+) -> Task:
+    """Mark a task blocked (from pending, in_progress or review), with the reason. Use it when you
+    cannot go on without something outside your control, such as a human's decision or access.
+    """
+    return task(client.block_task(task_id, reason))
+
+
+def release_task(client: TaskFlowClient, task_id: TaskId) -> Task:
+    """Give a task you hold back: it returns to pending and unassigned, for another worker to claim.
+    Use it when you cannot or should not finish it (wrong skills, out of time) and it is not blocked.
+    """
+    return task(client.release_task(task_id))
+
+
+# ---------------------------------------------------------------- the server
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+
+# In the order an MCP client lists them.
+TOOLS: list[tuple[Callable[..., Any], ToolAnnotations]] = [
+    (list_tasks, READ_ONLY),
+    (get_task, READ_ONLY),
+    (get_task_history, READ_ONLY),
+    (create_task, WRITES),
+    (update_task, WRITES),
+    (claim_next_task, WRITES),
+    (claim_task, WRITES),
+    (heartbeat, WRITES),
+    (update_progress, WRITES),
+    (submit_for_review, WRITES),
+    (complete_task, WRITES),
+    (block_task, WRITES),
+    (release_task, WRITES),
+]
+
+
+def error_result(exc: ClientError) -> CallToolResult:
+    """A tool error carrying the API's message and code, as text for the model and as structured content."""
+    if isinstance(exc, ApiError):
+        body = (
+            exc.body
+            if isinstance(exc.body, dict)
+            else {"error": exc.message, "status_code": exc.status_code, "code": exc.code}
+        )
+        text = f"TaskFlow API error {exc.status_code} ({exc.code}): {exc.message}"
+        if exc.code in NEXT_STEP:
+            text += f"\n{NEXT_STEP[exc.code]}"
+    else:
+        body = {"error": exc.message, "code": "connection_failed"}
+        text = exc.message
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=body, is_error=True)
+
+
+def bind(tool: Callable[..., R], client: TaskFlowClient) -> Callable[..., R | CallToolResult]:
+    """`tool` with its client given, and an API or network failure returned as an error result."""
+    signature = inspect.signature(tool, eval_str=True)
+    client_parameter, *parameters = signature.parameters.values()
+    if client_parameter.annotation is not TaskFlowClient:
+        raise TypeError(f"The tool {tool.__name__} must take the TaskFlowClient as its first parameter")
+
+    @functools.wraps(tool)
+    def call(*args: Any, **kwargs: Any) -> R | CallToolResult:
+        try:
+            return tool(client, *args, **kwargs)
+        except ClientError as exc:
+            return error_result(exc)
+
+    # The SDK builds the input schema from this signature: the client is not the model's to give.
+    call.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return call
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("taskflow")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def create_server(client: TaskFlowClient) -> MCPServer:
+    """The MCP server with every tool in `TOOLS`, each calling the API through `client`."""
+    server = MCPServer("taskflow", version=package_version(), instructions=INSTRUCTIONS, log_level="WARNING")
+    for tool, hints in TOOLS:
+        server.add_tool(bind(tool, client), description=inspect.getdoc(tool), annotations=hints)
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `taskflow-mcp` console script."""
+    parser = argparse.ArgumentParser(
+        prog="taskflow-mcp",
+        description="TaskFlow's tools for AI agents over MCP. Needs TASKFLOW_URL and TASKFLOW_TOKEN in the environment.",
+    )
+    parser.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    parser.add_argument("--host", default="127.0.0.1", help="with --http: the address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="with --http: the port (default 8765)")
+    args = parser.parse_args(argv)
+
+    url, token = os.environ.get("TASKFLOW_URL", "").strip(), os.environ.get("TASKFLOW_TOKEN", "").strip()
+    missing = [name for name, value in [("TASKFLOW_URL", url), ("TASKFLOW_TOKEN", token)] if not value]
+    if missing:
+        parser.exit(2, f"taskflow-mcp: set {' and '.join(missing)} (the API's base URL and the agent's token)\n")
+    try:
+        client = TaskFlowClient(url, token, user_agent="taskflow-mcp")
+    except ConfigurationError as exc:
+        parser.exit(2, f"taskflow-mcp: {exc.message}\n")
+    try:
+        server = create_server(client)
+        if args.http:
+            server.run("streamable-http", host=args.host, port=args.port)
+        else:
+            server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
