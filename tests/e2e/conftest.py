@@ -23,8 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from config import Settings
-from main import create_app
-from tests.e2e.harness import (
+from e2e.harness import (
     BETTER_AUTH_DIRECTORY,
     LOOPBACK,
     BetterAuthFactory,
@@ -32,6 +31,7 @@ from tests.e2e.harness import (
     OfflinePage,
     unavailable,
 )
+from main import create_app
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Request, Route

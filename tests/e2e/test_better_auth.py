@@ -15,8 +15,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from auth import JWKSVerifier
+from e2e.harness import BetterAuthFactory, BetterAuthServer, decode_jwt
 from models import AuditLog, Worker
-from tests.e2e.harness import BetterAuthFactory, BetterAuthServer, decode_jwt
 
 TaskFlowFor = Callable[[BetterAuthServer], TestClient]
 

@@ -16,8 +16,7 @@ import httpx
 import pytest
 
 from config import Settings
-from main import create_app
-from tests.e2e.harness import (
+from e2e.harness import (
     FRONTEND_DIRECTORY,
     OfflinePage,
     RecordRequests,
@@ -26,6 +25,7 @@ from tests.e2e.harness import (
     serve,
     static_site,
 )
+from main import create_app
 
 TokenFactory = Callable[..., str]
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -9,8 +9,8 @@ import httpx
 from fastapi.testclient import TestClient
 
 from config import Settings
+from e2e.harness import OfflinePage, screenshot_path, serve
 from main import create_app
-from tests.e2e.harness import OfflinePage, screenshot_path, serve
 
 TokenFactory = Callable[..., str]
 ASSET = re.compile(r'(?:src|href)="([^"]+)"')
