@@ -25,7 +25,7 @@ from typing import Any
 import httpx2
 import jwt
 import pytest
-from conftest import JWKSServer, SigningKey, serving_http
+from conftest import AuthHeaders, JWKSServer, SigningKey, TokenFactory, serving_http
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fastapi.testclient import TestClient
@@ -38,8 +38,6 @@ from config import Settings
 from main import create_app
 from models import AuditLog, Task, Worker
 
-TokenFactory = Callable[..., str]
-AuthHeaders = Callable[..., dict[str, str]]
 KEY_NAMES = ["EdDSA", "ES256", "RS256"]
 
 

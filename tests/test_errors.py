@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx2
 import pytest
-from conftest import JWKSServer
+from conftest import AuthHeaders, JWKSServer, TokenFactory
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
+from support import CreateProject, CreateTask
 
 from config import Settings
 from main import create_app
 
-AuthHeaders = Callable[..., dict[str, str]]
 ENVELOPE = {"error", "status_code", "code"}
 FRONTEND = "http://localhost:3000"
 
@@ -154,7 +154,7 @@ def test_a_missing_or_bad_token_is_a_401_envelope_with_www_authenticate(
 
 
 def test_an_expired_token_is_a_401_envelope_that_does_not_echo_the_token(
-    client: TestClient, make_token: Callable[..., str]
+    client: TestClient, make_token: TokenFactory
 ) -> None:
     token = make_token("alice", exp=1_700_000_000)
 
@@ -170,8 +170,8 @@ def test_an_expired_token_is_a_401_envelope_that_does_not_echo_the_token(
 def test_rule_errors_use_the_envelope_with_their_codes(
     client: TestClient,
     auth: AuthHeaders,
-    create_project: Callable[..., dict[str, Any]],
-    create_task: Callable[..., dict[str, Any]],
+    create_project: CreateProject,
+    create_task: CreateTask,
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     task = create_task("Guarded", as_user="alice", project_slug="demo")

@@ -6,20 +6,18 @@ Project "demo" is owned by alice; bob is a member and "agent-7" an admin-registe
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
+from support import CreateProject, CreateTask
 
 from models import AuditLog, Task
-
-AuthHeaders = Callable[..., dict[str, str]]
-Factory = Callable[..., dict[str, Any]]
 
 # Each action, the actions that bring a fresh task to where it may be taken, and its query parameters.
 ACTIONS: dict[str, tuple[list[str], dict[str, Any]]] = {
@@ -34,7 +32,7 @@ ACTIONS: dict[str, tuple[list[str], dict[str, Any]]] = {
 
 
 @pytest.fixture
-def demo(client: TestClient, auth: AuthHeaders, create_project: Factory) -> None:
+def demo(client: TestClient, auth: AuthHeaders, create_project: CreateProject) -> None:
     registered = client.post(
         "/api/workers", json={"id": "agent-7", "type": "agent", "name": "Agent 7"}, headers=auth("root", role="admin")
     )
@@ -43,7 +41,7 @@ def demo(client: TestClient, auth: AuthHeaders, create_project: Factory) -> None
 
 
 @pytest.fixture
-def task_id(create_task: Factory, demo: None) -> int:  # noqa: ARG001
+def task_id(create_task: CreateTask, demo: None) -> int:  # noqa: ARG001
     created: int = create_task("Write the report", as_user="alice", project_slug="demo")["id"]
     return created
 
@@ -329,7 +327,7 @@ def test_a_claim_answers_the_claimed_tasks_etag(client: TestClient, auth: AuthHe
 
 @pytest.mark.usefixtures("demo")
 def test_a_human_and_an_agent_changing_the_same_version_at_once_exactly_one_wins(
-    live_server: Any, auth: AuthHeaders, db: Engine, create_task: Factory
+    live_server: Any, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     tasks = [create_task(f"Contested {n}", as_user="alice", project_slug="demo")["id"] for n in range(4)]
     human, agent = auth("bob"), auth("agent-7")

@@ -9,29 +9,27 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, func, update
 from sqlmodel import Session, col, select
+from support import CreateProject, CreateTask
 
 from config import Settings
 from main import create_app
 from models import AuditLog, IdempotencyKey, Task, utc_now
 
-AuthHeaders = Callable[..., dict[str, str]]
-Factory = Callable[..., dict[str, Any]]
-
 ON_POSTGRESQL = bool(os.environ.get("TEST_DATABASE_URL"))
 
 
 @pytest.fixture
-def demo(create_project: Factory) -> None:
+def demo(create_project: CreateProject) -> None:
     create_project("demo", owner="alice", members=["bob"])
 
 
@@ -216,7 +214,7 @@ def test_a_replayed_start_does_not_start_the_task_twice(client: TestClient, auth
 
 @pytest.mark.usefixtures("demo")
 def test_a_replayed_claim_answers_the_same_task_and_claims_no_second_one(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     first_id = create_task("First", project_slug="demo", priority="high")["id"]
     second_id = create_task("Second", project_slug="demo")["id"]
@@ -248,7 +246,7 @@ def test_a_replayed_claim_that_found_nothing_answers_204_again(client: TestClien
 
 @pytest.mark.usefixtures("demo")
 def test_a_replayed_dependency_add_answers_201_again_instead_of_409(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task_id = create_task("Deploy", project_slug="demo")["id"]
     first_id = create_task("Build", project_slug="demo")["id"]
@@ -281,7 +279,7 @@ def test_a_replayed_project_create_answers_201_again_instead_of_409(
 
 
 def test_a_failed_first_request_stores_nothing_so_its_retry_runs(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     key = new_key()
     headers = keyed(auth, "bob", key)

@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
+from support import CreateProject, CreateTask
 
 from config import Settings
 from main import create_app
 from models import AuditLog, LostLease, Task, Worker
 from sweeper import LeaseSweeper
-
-AuthHeaders = Callable[..., dict[str, str]]
-Factory = Callable[..., dict[str, Any]]
 
 HOLDER_ACTIONS: dict[str, dict[str, Any]] = {
     "heartbeat": {},
@@ -36,12 +34,12 @@ HOLDER_ACTIONS: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture
-def demo(create_project: Factory) -> None:
+def demo(create_project: CreateProject) -> None:
     create_project("demo", owner="alice", members=["bob", "carol"])
 
 
 @pytest.fixture
-def leased(client: TestClient, auth: AuthHeaders, create_task: Factory, demo: None) -> int:  # noqa: ARG001
+def leased(client: TestClient, auth: AuthHeaders, create_task: CreateTask, demo: None) -> int:  # noqa: ARG001
     """A task bob started with a 60 s lease."""
     task_id: int = create_task("Leased work", as_user="alice", project_slug="demo")["id"]
     response = client.post(f"/api/tasks/{task_id}/start?lease_seconds=60", headers=auth("bob"))
@@ -96,7 +94,7 @@ def assert_refused(response: httpx.Response, status_code: int, code: str) -> Non
 
 @pytest.mark.usefixtures("demo")
 def test_start_with_lease_seconds_sets_when_the_lease_runs_out(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task_id = create_task("Work", project_slug="demo")["id"]
     before = datetime.now(UTC)
@@ -112,7 +110,7 @@ def test_start_with_lease_seconds_sets_when_the_lease_runs_out(
 
 @pytest.mark.usefixtures("demo")
 def test_start_without_a_lease_and_no_setting_never_expires(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task_id = create_task("Work", project_slug="demo")["id"]
 
@@ -125,7 +123,7 @@ def test_start_without_a_lease_and_no_setting_never_expires(
 
 @pytest.mark.usefixtures("demo")
 def test_start_without_lease_seconds_takes_the_lease_seconds_setting(
-    settings: Settings, auth: AuthHeaders, create_task: Factory
+    settings: Settings, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     task_id = create_task("Work", project_slug="demo")["id"]
 
@@ -145,7 +143,7 @@ def test_start_with_a_bad_lease_seconds_returns_422_and_starts_nothing(
     client: TestClient,
     auth: AuthHeaders,
     db: Engine,
-    create_task: Factory,
+    create_task: CreateTask,
     lease_seconds: str,
 ) -> None:
     task_id = create_task("Work", project_slug="demo")["id"]
@@ -344,7 +342,7 @@ def test_a_lease_that_has_not_run_out_keeps_the_task_with_its_holder(
 
 @pytest.mark.usefixtures("demo")
 def test_a_task_without_a_lease_never_runs_out(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task_id = create_task("Work", project_slug="demo")["id"]
     assert client.post(f"/api/tasks/{task_id}/start", headers=auth("bob")).status_code == 200
@@ -527,7 +525,7 @@ def test_a_heartbeat_just_before_the_lease_runs_out_keeps_the_task(
 
 @pytest.mark.usefixtures("demo")
 def test_a_heartbeat_on_a_task_that_is_not_in_progress_returns_400(
-    client: TestClient, auth: AuthHeaders, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     task_id = create_task("Work", project_slug="demo", assigned_to="bob")["id"]
 
@@ -603,7 +601,7 @@ def test_release_of_a_task_that_is_not_in_progress_returns_400(
     client: TestClient,
     auth: AuthHeaders,
     db: Engine,
-    create_task: Factory,
+    create_task: CreateTask,
     status: str,
 ) -> None:
     task_id = create_task("Work", project_slug="demo", assigned_to="bob")["id"]

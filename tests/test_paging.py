@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from conftest import AuthHeaders
 from conftest import insert as insert_rows
 from fastapi.testclient import TestClient
 from httpx2 import Response
@@ -42,8 +43,6 @@ from models import (
     Worker,
     WorkerType,
 )
-
-AuthHeaders = Callable[..., dict[str, str]]
 
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 ALL_SORTS = [sort.value for sort in TaskSort]

@@ -6,13 +6,13 @@ counted with a listener on the app's own engine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import JWKSServer, insert
+from conftest import AuthHeaders, JWKSServer, insert
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
@@ -27,8 +27,6 @@ from models import (
     Worker,
     WorkerType,
 )
-
-AuthHeaders = Callable[..., dict[str, str]]
 
 # A fixed handful whatever the page holds: reading the caller's worker row, the count and
 # the page, housekeeping, and on SQLite the BEGIN the engine issues itself. Not one per row.

@@ -20,7 +20,7 @@ from typing import Any
 import anyio.to_thread
 import httpx
 import pytest
-from conftest import JWKSServer, TokenFactory, insert, terminate_backends
+from conftest import AuthHeaders, JWKSServer, TokenFactory, insert, terminate_backends
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
@@ -32,7 +32,6 @@ from auth import JWKSVerifier
 from dependencies import TaskFlowRoute
 from models import Project, ProjectMember, ProjectRole, Task, TaskPriority, TaskRead, Worker, WorkerType
 
-AuthHeaders = Callable[..., dict[str, str]]
 ON_POSTGRESQL = bool(os.environ.get("TEST_DATABASE_URL"))
 # SQLite's read transaction is a BEGIN the engine sends itself; PostgreSQL reads need none.
 READ_OVERHEAD = 0 if ON_POSTGRESQL else 1

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import Engine
 from sqlmodel import Session, func, select
+from support import CreateProject, CreateTask
 
 from config import Settings
 from main import create_app
 from models import AuditLog, Task
-
-AuthHeaders = Callable[..., dict[str, str]]
-CreateProject = Callable[..., dict[str, Any]]
-CreateTask = Callable[..., dict[str, Any]]
 
 LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
 # What the contract says a task is; responses may carry more (e.g. a version), which PATCH is free to bump.
@@ -948,7 +946,7 @@ def test_empty_list_is_a_json_array_with_a_zero_count(client: TestClient, auth: 
 
 
 def test_a_member_cannot_reassign_a_task_someone_else_is_working_on(
-    client: TestClient, auth: AuthHeaders, create_project: Callable[..., Any], create_task: Callable[..., Any]
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", members=["bob", "carol"])
     task = create_task("Busy", project_slug="demo")
@@ -965,7 +963,7 @@ def test_a_member_cannot_reassign_a_task_someone_else_is_working_on(
 
 
 def test_a_block_reason_of_only_unicode_separators_is_refused(
-    client: TestClient, auth: AuthHeaders, create_task: Callable[..., Any]
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     task = create_task("Stuck")
 

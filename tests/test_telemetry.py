@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from conftest import serving_http
+from conftest import AuthHeaders, TokenFactory, serving_http
 from fastapi.testclient import TestClient
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -42,15 +42,12 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from pythonjsonlogger.json import JsonFormatter
+from support import CreateTask
 
 import telemetry
 from config import VERSION, Settings
 from database import create_db_engine, migrate
 from main import create_app
-
-AuthHeaders = Callable[..., dict[str, str]]
-Factory = Callable[..., dict[str, Any]]
-TokenFactory = Callable[..., str]
 
 REPO = Path(__file__).resolve().parent.parent
 TASK_ROUTE = "/api/tasks/{task_id}"
@@ -252,7 +249,7 @@ def test_an_unauthenticated_request_is_logged_without_a_caller(
 
 
 def test_logs_are_plain_text_lines_by_default(
-    client: TestClient, auth: AuthHeaders, create_task: Factory, capsys: pytest.CaptureFixture[str]
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask, capsys: pytest.CaptureFixture[str]
 ) -> None:
     task = create_task("Plain")
     capsys.readouterr()
@@ -295,7 +292,7 @@ def test_configuring_logging_again_replaces_its_handler_and_takes_over_uvicorns(
 
 
 def test_requests_are_counted_by_route_template_and_status(
-    client: TestClient, auth: AuthHeaders, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     task = create_task("Counted")
     before = scrape(client)
@@ -330,7 +327,7 @@ def test_a_404_is_labelled_with_its_route_template_and_an_unrouted_path_as_unmat
     assert not [key for key in after if any("987654" in label_value for _, label_value in key[1])]
 
 
-def test_claims_are_counted_as_claimed_or_empty(client: TestClient, auth: AuthHeaders, create_task: Factory) -> None:
+def test_claims_are_counted_as_claimed_or_empty(client: TestClient, auth: AuthHeaders, create_task: CreateTask) -> None:
     before = scrape(client)
 
     nothing = client.post("/api/tasks/claim", headers=auth("alice"))

@@ -6,21 +6,21 @@ session, flush and commit path runs; the `db` fixture's separate engine checks w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx2
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine, event, func
 from sqlmodel import Session, select
+from support import CreateProject, CreateTask
 
 from config import Settings
 from main import create_app
 from models import AuditLog, Project, ProjectMember, Task, TaskStatus
-
-AuthHeaders = Callable[..., dict[str, str]]
 
 
 class InjectedFault(Exception):
@@ -131,7 +131,7 @@ def test_create_task_whose_audit_insert_fails_saves_no_task(client: TestClient, 
 
 
 def test_create_task_in_a_project_whose_audit_insert_fails_saves_no_task(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     audit_before = count(db, AuditLog)
@@ -149,7 +149,7 @@ def test_create_task_in_a_project_whose_audit_insert_fails_saves_no_task(
 
 
 def test_patch_task_whose_audit_insert_fails_changes_nothing(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Original", description="as it was", priority="low")
     audit_before = count(db, AuditLog)
@@ -176,7 +176,7 @@ def test_workflow_action_whose_audit_insert_fails_leaves_the_task_as_it_was(
     client: TestClient,
     auth: AuthHeaders,
     db: Engine,
-    create_task: Callable[..., dict[str, Any]],
+    create_task: CreateTask,
     action: str,
     params: dict[str, str],
 ) -> None:
@@ -193,7 +193,7 @@ def test_workflow_action_whose_audit_insert_fails_leaves_the_task_as_it_was(
 
 
 def test_complete_whose_audit_insert_fails_keeps_status_and_progress(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Almost done")
     client.post(f"/api/tasks/{task['id']}/start", headers=auth("alice"))
@@ -226,7 +226,7 @@ def test_create_project_whose_audit_insert_fails_saves_no_project_or_membership(
 
 @pytest.mark.usefixtures("users")
 def test_add_member_whose_audit_insert_fails_adds_no_member(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
     audit_before = count(db, AuditLog)
@@ -240,7 +240,7 @@ def test_add_member_whose_audit_insert_fails_adds_no_member(
 
 
 def test_delete_task_whose_audit_insert_fails_keeps_the_task(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Survivor")
     audit_before = count(db, AuditLog)
@@ -257,7 +257,7 @@ def test_delete_task_whose_audit_insert_fails_keeps_the_task(
 
 
 def test_patch_task_whose_update_fails_writes_no_audit_row(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Original")
     audit_before = count(db, AuditLog)
@@ -292,7 +292,7 @@ def test_create_task_whose_commit_fails_answers_an_error_and_saves_nothing(
 
 
 def test_workflow_action_whose_commit_fails_answers_an_error_and_changes_nothing(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Not started")
     audit_before = count(db, AuditLog)
@@ -337,7 +337,7 @@ def test_a_created_task_and_its_audit_row_are_both_saved(client: TestClient, aut
 
 
 def test_a_patched_task_and_its_audit_row_are_both_saved(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Before")
 

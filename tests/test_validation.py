@@ -6,23 +6,21 @@ value that was not refused, so one failing case does not hide the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import Engine
 from sqlmodel import Session, func, select
+from support import CreateProject, CreateTask
 
 from config import Settings
 from main import create_app
 from models import MAX_OFFSET, Project, ProjectMember, Task, Worker
-
-AuthHeaders = Callable[..., dict[str, str]]
-CreateProject = Callable[..., dict[str, Any]]
-CreateTask = Callable[..., dict[str, Any]]
 
 MAX_ID = 2**31 - 1
 NUL = "\x00"

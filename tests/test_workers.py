@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from conftest import AuthHeaders, TokenFactory
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
@@ -15,9 +16,6 @@ from sqlmodel import Session, col, select
 from config import Settings
 from main import create_app
 from models import AuditLog, Worker, WorkerType
-
-AuthHeaders = Callable[..., dict[str, str]]
-TokenFactory = Callable[..., str]
 
 AGENT = "@claude-code"
 

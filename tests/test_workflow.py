@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 from sqlmodel import Session, col, select
+from support import CreateProject
 
 from models import AuditLog, Task, TaskStatus
 from services import TRANSITIONS
-
-AuthHeaders = Callable[..., dict[str, str]]
 
 STATUSES = [status.value for status in TaskStatus]
 
@@ -127,7 +126,7 @@ class Workflow:
 
 
 @pytest.fixture
-def flow(client: TestClient, auth: AuthHeaders, db: Engine, create_project: Callable[..., dict[str, Any]]) -> Workflow:
+def flow(client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject) -> Workflow:
     create_project("demo", owner="alice", members=["bob", "carol"])
     return Workflow(client, auth, db)
 

@@ -8,12 +8,13 @@ from a request it let through.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from conftest import TokenFactory
 
 from config import Settings
 from e2e.harness import (
@@ -27,7 +28,6 @@ from e2e.harness import (
 )
 from main import create_app
 
-TokenFactory = Callable[..., str]
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
