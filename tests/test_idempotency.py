@@ -6,7 +6,6 @@ key can meet a record another test left behind.
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -17,15 +16,13 @@ import httpx
 import pytest
 from conftest import AuthHeaders
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event, func, update
+from sqlalchemy import Engine, event, update
 from sqlmodel import Session, col, select
-from support import CreateProject, CreateTask
+from support import ON_POSTGRESQL, AnyResponse, CreateProject, CreateTask, assert_refused, count
 
 from config import Settings
 from main import create_app
 from models import AuditLog, IdempotencyKey, Task, utc_now
-
-ON_POSTGRESQL = bool(os.environ.get("TEST_DATABASE_URL"))
 
 
 @pytest.fixture
@@ -41,28 +38,17 @@ def keyed(auth: AuthHeaders, user: str, key: str) -> dict[str, str]:
     return {**auth(user), "Idempotency-Key": key}
 
 
-def count(db: Engine, model: Any, *where: Any) -> int:
-    with Session(db) as session:
-        total: int = session.exec(select(func.count()).select_from(model).where(*where)).one()
-        return total
-
-
 def audit_actions(db: Engine, task_id: int) -> list[str]:
     with Session(db) as session:
         query = select(AuditLog.action).where(AuditLog.task_id == task_id).order_by(col(AuditLog.id))
         return list(session.exec(query).all())
 
 
-def assert_replayed(first: httpx.Response, again: httpx.Response) -> None:
+def assert_replayed(first: AnyResponse, again: AnyResponse) -> None:
     assert again.status_code == first.status_code, again.text
     assert again.content == first.content
     assert again.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first.headers
-
-
-def assert_refused(response: httpx.Response, status_code: int, code: str) -> None:
-    assert response.status_code == status_code, response.text
-    assert (response.json()["status_code"], response.json()["code"]) == (status_code, code)
 
 
 # ---------------------------------------------------------------- creating a task
