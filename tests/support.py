@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import httpx2
@@ -21,6 +21,8 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from models import AuditLog, Task, Worker
+
+T = TypeVar("T")
 
 # What the create_project and create_task fixtures of conftest.py are: they return the created body.
 CreateProject = Callable[..., dict[str, Any]]
@@ -116,11 +118,11 @@ def free_port() -> int:
         return port
 
 
-def run_together(*calls: Callable[[], Any]) -> list[Any]:
+def run_together(*calls: Callable[[], T]) -> list[T]:
     """Run the calls in threads, released at the same moment; their results in order."""
     barrier = threading.Barrier(len(calls))
 
-    def run(call: Callable[[], Any]) -> Any:
+    def run(call: Callable[[], T]) -> T:
         barrier.wait()
         return call()
 

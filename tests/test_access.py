@@ -4,33 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx2
 import pytest
 from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
-from support import CreateProject, CreateTask
+from support import CreateProject, CreateTask, audit_count, stored_task
 
 from models import AuditLog, Task
 
 
-def ids(response: Any) -> list[int]:
+def ids(response: httpx2.Response) -> list[int]:
     return sorted(task["id"] for task in response.json())
 
 
-def total(response: Any) -> int:
+def total(response: httpx2.Response) -> int:
     return int(response.headers["X-Total-Count"])
 
 
-def stored_task(db: Engine, task_id: int) -> dict[str, Any] | None:
-    with Session(db) as session:
-        task = session.get(Task, task_id)
-        return None if task is None else task.model_dump()
-
-
-def audit_count(db: Engine) -> int:
-    with Session(db) as session:
-        return session.exec(select(func.count()).select_from(AuditLog)).one()
+def stored_fields(db: Engine, task_id: int) -> dict[str, Any] | None:
+    """The task's row as a dict of its fields, or None if there is none."""
+    task = stored_task(db, task_id)
+    return None if task is None else task.model_dump()
 
 
 @pytest.fixture
@@ -94,14 +90,14 @@ def test_a_non_member_gets_404_on_every_route_of_another_users_task(
     suffix = suffix.format(in_progress=alices_tasks["in_progress"]["id"])
     if isinstance(body, str):  # a dependency on another of alice's tasks
         body = {"depends_on": alices_tasks[body]["id"]}
-    before = stored_task(db, task_id)
+    before = stored_fields(db, task_id)
     rows_before = audit_count(db)
 
     response = client.request(method, f"/api/tasks/{task_id}{suffix}", json=body, headers=auth("carol"))
 
     assert response.status_code == 404, response.text
     assert response.json() == {"error": f"Task {task_id} not found", "status_code": 404, "code": "not_found"}
-    assert stored_task(db, task_id) == before
+    assert stored_fields(db, task_id) == before
     assert audit_count(db) == rows_before
 
 
@@ -533,7 +529,7 @@ def test_reopening_a_task_whose_assignee_has_left_the_project_is_refused(
 
     # An open task assigned to someone who cannot even see it breaks "an assignee must be a member".
     assert reopened.status_code == 400, reopened.text
-    stored = stored_task(db, task["id"])
+    stored = stored_fields(db, task["id"])
     assert stored is not None
     assert stored["status"] == "completed"
 

@@ -11,10 +11,10 @@ import httpx2
 import pytest
 from conftest import AuthHeaders
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
-from support import CreateProject, CreateTask
+from support import CreateProject, CreateTask, audit_count, audit_rows
 
 from models import AuditLog, Task, WorkerType
 
@@ -22,19 +22,6 @@ Audited = Callable[..., tuple[httpx2.Response, AuditLog]]
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def audit_count(db: Engine) -> int:
-    with Session(db) as session:
-        return session.exec(select(func.count()).select_from(AuditLog)).one()
-
-
-def audit_rows(db: Engine, **where: Any) -> list[AuditLog]:
-    with Session(db) as session:
-        query = select(AuditLog).order_by(col(AuditLog.id))
-        for field, value in where.items():
-            query = query.where(getattr(AuditLog, field) == value)
-        return list(session.exec(query).all())
 
 
 def newest_audit_row(db: Engine) -> AuditLog:

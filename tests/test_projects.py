@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import pytest
 from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func
-from sqlmodel import Session, col, select
-from support import CreateProject, CreateTask
+from sqlmodel import Session, select
+from support import CreateProject, CreateTask, audit_rows, run_together
 
 from models import AuditLog, Project, ProjectMember, ProjectRole
-
-
-def audit_rows(db: Engine) -> list[AuditLog]:
-    with Session(db) as session:
-        return list(session.exec(select(AuditLog).order_by(col(AuditLog.id))).all())
 
 
 def new_audit_rows(db: Engine, before: list[AuditLog]) -> list[AuditLog]:
@@ -640,18 +633,6 @@ def test_an_open_task_in_another_project_does_not_stop_a_removal(
 # ---------------------------------------------------------------- concurrency
 
 
-def run_together(*calls: Callable[[], Any]) -> list[Any]:
-    """Run the calls in threads, released at the same moment."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[], Any]) -> Any:
-        barrier.wait()
-        return call()
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return [future.result() for future in [pool.submit(run, call) for call in calls]]
-
-
 def two_owner_project(client: TestClient, auth: AuthHeaders, create_project: CreateProject, slug: str) -> None:
     create_project(slug, owner="alice", members=["bob"])
     promoted = client.patch(f"/api/projects/{slug}/members/bob", json={"role": "owner"}, headers=auth("alice"))
@@ -667,8 +648,8 @@ def test_two_owners_removing_each_other_at_once_leave_the_project_an_owner(
         two_owner_project(client, auth, create_project, slug)
 
         responses = run_together(
-            lambda slug=slug: client.delete(f"/api/projects/{slug}/members/bob", headers=alice),
-            lambda slug=slug: client.delete(f"/api/projects/{slug}/members/alice", headers=bob),
+            partial(client.delete, f"/api/projects/{slug}/members/bob", headers=alice),
+            partial(client.delete, f"/api/projects/{slug}/members/alice", headers=bob),
         )
 
         statuses = sorted(response.status_code for response in responses)
@@ -692,8 +673,8 @@ def test_two_owners_leaving_at_once_leave_the_project_an_owner(
         two_owner_project(client, auth, create_project, slug)
 
         responses = run_together(
-            lambda slug=slug: client.delete(f"/api/projects/{slug}/members/alice", headers=alice),
-            lambda slug=slug: client.delete(f"/api/projects/{slug}/members/bob", headers=bob),
+            partial(client.delete, f"/api/projects/{slug}/members/alice", headers=alice),
+            partial(client.delete, f"/api/projects/{slug}/members/bob", headers=bob),
         )
 
         statuses = sorted(response.status_code for response in responses)
@@ -711,8 +692,8 @@ def test_two_owners_demoting_each_other_at_once_leave_the_project_an_owner(
         two_owner_project(client, auth, create_project, slug)
 
         responses = run_together(
-            lambda slug=slug: client.patch(f"/api/projects/{slug}/members/bob", json={"role": "member"}, headers=alice),
-            lambda slug=slug: client.patch(f"/api/projects/{slug}/members/alice", json={"role": "member"}, headers=bob),
+            partial(client.patch, f"/api/projects/{slug}/members/bob", json={"role": "member"}, headers=alice),
+            partial(client.patch, f"/api/projects/{slug}/members/alice", json={"role": "member"}, headers=bob),
         )
 
         statuses = sorted(response.status_code for response in responses)
