@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import httpx
 import httpx2
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
@@ -62,6 +64,22 @@ def assert_error(response: AnyResponse, status_code: int, code: str) -> dict[str
 def parse_time(value: str) -> datetime:
     """A timestamp of the API (ISO 8601) as a datetime."""
     return datetime.fromisoformat(value)
+
+
+# ---------------------------------------------------------------- the app under test
+
+
+def app_of(client: TestClient) -> FastAPI:
+    """The FastAPI app a TestClient drives (TestClient's annotation says only "an ASGI app")."""
+    app = client.app
+    assert isinstance(app, FastAPI), app
+    return app
+
+
+def app_engine(client: TestClient) -> Engine:
+    """The engine the app a TestClient drives keeps in its state."""
+    engine: Engine = app_of(client).state.engine
+    return engine
 
 
 # ---------------------------------------------------------------- the database

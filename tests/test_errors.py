@@ -11,8 +11,8 @@ import httpx2
 import pytest
 from conftest import AuthHeaders, JWKSServer, TokenFactory
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event
-from support import CreateProject, CreateTask
+from sqlalchemy import event
+from support import CreateProject, CreateTask, app_engine, assert_error
 
 from config import Settings
 from main import create_app
@@ -35,7 +35,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 @contextmanager
 def failing_reads_of_tasks(client: TestClient) -> Iterator[None]:
     """Every statement that reads the task table fails, with a message full of things that must not leak."""
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = app_engine(client)
 
     def fail(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if "FROM task" in statement:
@@ -49,13 +49,9 @@ def failing_reads_of_tasks(client: TestClient) -> Iterator[None]:
 
 
 def assert_envelope(response: httpx2.Response, status_code: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status_code, response.text
+    """The error envelope of this status and code, served as JSON with a request id; its body."""
+    body = assert_error(response, status_code, code)
     assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    assert body["status_code"] == status_code
-    assert body["code"] == code
-    assert isinstance(body["error"], str)
-    assert body["error"]
     assert response.headers["X-Request-ID"]
     return body
 

@@ -15,6 +15,7 @@ import pytest
 from conftest import AuthHeaders, JWKSServer, insert
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
+from support import app_engine
 
 from models import (
     AuditLog,
@@ -38,7 +39,7 @@ BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 @contextmanager
 def counting_statements(client: TestClient) -> Iterator[list[str]]:
     """Every SQL statement the app sends while the block runs."""
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = app_engine(client)
     statements: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:

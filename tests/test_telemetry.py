@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -42,7 +41,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from pythonjsonlogger.json import JsonFormatter
-from support import CreateTask
+from support import CreateTask, app_engine, free_port
 
 import telemetry
 from config import VERSION, Settings
@@ -68,13 +67,6 @@ class Server:
     def log_records(self) -> list[dict[str, Any]]:
         """Every line of stderr, each parsed as JSON (so any line that is not JSON fails the test)."""
         return [json.loads(line) for line in self.stderr.read_text().splitlines() if line.strip()]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def server_env(database_url: str, auth_server_url: str, **settings: str) -> dict[str, str]:
@@ -342,7 +334,7 @@ def test_claims_are_counted_as_claimed_or_empty(client: TestClient, auth: AuthHe
 
 
 def test_the_pool_gauges_follow_connections_checked_out_and_waited_for(client: TestClient, auth: AuthHeaders) -> None:
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = app_engine(client)
     before = scrape(client)
 
     with engine.connect():
@@ -379,7 +371,7 @@ def test_without_metrics_there_is_no_endpoint_and_nothing_is_counted(settings: S
 
 def worker_reads(path: Path) -> float:
     """The task reads one worker counted, from its own file."""
-    metrics = MultiProcessCollector.merge([str(path)])  # type: ignore[no-untyped-call]
+    metrics = MultiProcessCollector.merge([str(path)])  # type: ignore[no-untyped-call]  # prometheus_client leaves merge() unannotated
     samples = {(s.name, frozenset(s.labels.items())): s.value for metric in metrics for s in metric.samples}
     return value(samples, "taskflow_http_requests_total", **task_reads("200"))
 

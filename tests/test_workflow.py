@@ -17,7 +17,7 @@ import pytest
 from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
-from support import CreateProject, assert_refused, audit_rows, task_row
+from support import CreateProject, app_engine, assert_refused, audit_rows, task_row
 
 from models import AuditLog, Task, TaskStatus
 from services import TRANSITIONS
@@ -688,7 +688,7 @@ def race(flow: Workflow, task_id: int, action: str, users: list[str]) -> dict[st
     """
     headers = {user: flow.auth(user) for user in users}
     barrier = threading.Barrier(len(users))
-    engine: Engine = flow.client.app.state.engine  # type: ignore[attr-defined]
+    engine = app_engine(flow.client)
 
     def linger(
         _connection: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, _executemany: bool

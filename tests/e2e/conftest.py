@@ -126,7 +126,7 @@ def taskflow_for(
                 monkeypatch.delenv(name, raising=False)
             monkeypatch.setenv("AUTH_SERVER_URL", server.base_url)
             settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
+                _env_file=None,
                 database_url=database_url,
                 auto_migrate=False,
                 dev_key_file=str(tmp_path / "dev-key.pem"),
