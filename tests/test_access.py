@@ -2,42 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
+import httpx2
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
+from support import CreateProject, CreateTask, audit_count, stored_task
 
 from models import AuditLog, Task
 
-AuthHeaders = Callable[..., dict[str, str]]
-Factory = Callable[..., dict[str, Any]]
 
-
-def ids(response: Any) -> list[int]:
+def ids(response: httpx2.Response) -> list[int]:
     return sorted(task["id"] for task in response.json())
 
 
-def total(response: Any) -> int:
+def total(response: httpx2.Response) -> int:
     return int(response.headers["X-Total-Count"])
 
 
-def stored_task(db: Engine, task_id: int) -> dict[str, Any] | None:
-    with Session(db) as session:
-        task = session.get(Task, task_id)
-        return None if task is None else task.model_dump()
-
-
-def audit_count(db: Engine) -> int:
-    with Session(db) as session:
-        return session.exec(select(func.count()).select_from(AuditLog)).one()
+def stored_fields(db: Engine, task_id: int) -> dict[str, Any] | None:
+    """The task's row as a dict of its fields, or None if there is none."""
+    task = stored_task(db, task_id)
+    return None if task is None else task.model_dump()
 
 
 @pytest.fixture
 def alices_tasks(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask
 ) -> dict[str, Any]:
     """Alice's project `secret` (carol is no member) with a task in each status, and a project-less task."""
     create_project("secret", owner="alice")
@@ -96,19 +90,19 @@ def test_a_non_member_gets_404_on_every_route_of_another_users_task(
     suffix = suffix.format(in_progress=alices_tasks["in_progress"]["id"])
     if isinstance(body, str):  # a dependency on another of alice's tasks
         body = {"depends_on": alices_tasks[body]["id"]}
-    before = stored_task(db, task_id)
+    before = stored_fields(db, task_id)
     rows_before = audit_count(db)
 
     response = client.request(method, f"/api/tasks/{task_id}{suffix}", json=body, headers=auth("carol"))
 
     assert response.status_code == 404, response.text
     assert response.json() == {"error": f"Task {task_id} not found", "status_code": 404, "code": "not_found"}
-    assert stored_task(db, task_id) == before
+    assert stored_fields(db, task_id) == before
     assert audit_count(db) == rows_before
 
 
 def test_my_task_cannot_be_made_to_depend_on_another_users_task(
-    client: TestClient, auth: AuthHeaders, create_task: Factory, alices_tasks: dict[str, Any]
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask, alices_tasks: dict[str, Any]
 ) -> None:
     mine = create_task("Carol's", as_user="carol")
     hidden = alices_tasks["loose"]["id"]
@@ -148,7 +142,11 @@ def test_an_invisible_task_answers_exactly_like_a_missing_one(
 
 
 def test_another_users_tasks_never_appear_in_lists_or_counts(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, create_task: Factory, alices_tasks: dict[str, Any]
+    client: TestClient,
+    auth: AuthHeaders,
+    create_project: CreateProject,
+    create_task: CreateTask,
+    alices_tasks: dict[str, Any],
 ) -> None:
     create_project("carols", owner="carol")
     mine = [create_task(f"Carol {n}", as_user="carol", project_slug="carols")["id"] for n in range(2)]
@@ -184,7 +182,7 @@ def test_another_users_tasks_never_appear_in_lists_or_counts(
 
 
 def test_filtering_by_assignee_counts_only_the_tasks_i_can_see(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("shared", owner="alice", members=["bob"])
     create_project("private", owner="alice")
@@ -202,7 +200,7 @@ def test_filtering_by_assignee_counts_only_the_tasks_i_can_see(
 
 
 def test_a_project_less_task_is_visible_to_its_creator_and_its_assignee_only(
-    client: TestClient, auth: AuthHeaders, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     for user in ("bob", "carol"):
         client.get("/api/tasks", headers=auth(user))
@@ -220,7 +218,7 @@ def test_a_project_less_task_is_visible_to_its_creator_and_its_assignee_only(
 
 
 def test_reassigning_a_project_less_task_hides_it_from_the_old_assignee(
-    client: TestClient, auth: AuthHeaders, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     for user in ("bob", "carol"):
         client.get("/api/tasks", headers=auth(user))
@@ -235,7 +233,7 @@ def test_reassigning_a_project_less_task_hides_it_from_the_old_assignee(
 
 
 def test_a_removed_member_loses_sight_of_the_projects_tasks_at_once(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     his = create_task("Bob wrote this", as_user="bob", project_slug="demo")
@@ -262,7 +260,7 @@ def test_a_removed_member_loses_sight_of_the_projects_tasks_at_once(
 
 
 def test_a_member_who_leaves_loses_sight_of_the_projects_tasks(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     task = create_task("Alice's", project_slug="demo")
@@ -275,7 +273,7 @@ def test_a_member_who_leaves_loses_sight_of_the_projects_tasks(
 
 
 def test_a_non_member_cannot_create_a_task_in_the_project(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("secret", owner="alice")
 
@@ -291,7 +289,7 @@ def test_a_non_member_cannot_create_a_task_in_the_project(
 
 
 def test_a_non_member_cannot_move_a_task_into_the_project(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("secret", owner="alice")
     task = create_task("Carol's", as_user="carol")
@@ -315,7 +313,7 @@ def test_a_task_of_another_user_cannot_be_used_as_a_parent(
 
 
 def test_an_assignee_must_be_a_member_of_the_tasks_project(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     client.get("/api/tasks", headers=auth("carol"))
@@ -334,7 +332,7 @@ def test_an_assignee_must_be_a_member_of_the_tasks_project(
 
 
 def test_a_project_less_task_with_an_outside_assignee_cannot_move_into_a_project(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", owner="alice")
     client.get("/api/tasks", headers=auth("carol"))
@@ -413,7 +411,7 @@ def test_the_audit_log_shows_a_stranger_none_of_another_users_rows(
 
 
 def test_the_audit_log_shows_a_member_the_projects_rows_but_not_the_owners_private_ones(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     create_project("secret", owner="alice")
@@ -440,7 +438,7 @@ def test_the_audit_log_shows_a_member_the_projects_rows_but_not_the_owners_priva
 
 
 def test_the_audit_log_shows_the_assignee_of_a_project_less_task_its_rows(
-    client: TestClient, auth: AuthHeaders, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     client.get("/api/tasks", headers=auth("bob"))
     task = create_task("Errand", assigned_to="bob")
@@ -455,7 +453,7 @@ def test_the_audit_log_shows_the_assignee_of_a_project_less_task_its_rows(
 
 
 def test_a_recreated_project_does_not_reveal_the_deleted_projects_audit_rows(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", owner="alice")
     task = create_task("Alice's confidential plan", project_slug="demo")
@@ -474,7 +472,7 @@ def test_a_recreated_project_does_not_reveal_the_deleted_projects_audit_rows(
 
 
 def test_the_projects_list_shows_only_my_projects(
-    client: TestClient, auth: AuthHeaders, create_project: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject
 ) -> None:
     create_project("alpha", owner="alice", members=["bob"])
     create_project("beta", owner="alice")
@@ -494,7 +492,7 @@ def test_the_projects_list_shows_only_my_projects(
 
 
 def test_a_non_member_gets_404_on_every_project_route(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("secret", owner="alice", members=["bob"])
     client.get("/api/tasks", headers=auth("carol"))
@@ -519,7 +517,7 @@ def test_a_non_member_gets_404_on_every_project_route(
 
 
 def test_reopening_a_task_whose_assignee_has_left_the_project_is_refused(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     task = create_task("Done by bob", project_slug="demo", assigned_to="bob")
@@ -531,14 +529,14 @@ def test_reopening_a_task_whose_assignee_has_left_the_project_is_refused(
 
     # An open task assigned to someone who cannot even see it breaks "an assignee must be a member".
     assert reopened.status_code == 400, reopened.text
-    stored = stored_task(db, task["id"])
+    stored = stored_fields(db, task["id"])
     assert stored is not None
     assert stored["status"] == "completed"
 
 
 @pytest.mark.parametrize("project", [None, "secret"])
 def test_a_deleted_tasks_history_never_passes_to_a_new_task_that_gets_its_id(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, create_task: Factory, project: str | None
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask, project: str | None
 ) -> None:
     if project:
         create_project(project, owner="alice")

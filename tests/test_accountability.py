@@ -6,19 +6,14 @@ root is an admin. alice and bob are humans (their rows appear on their first req
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
-
-from models import AuditLog, Worker
-
-AuthHeaders = Callable[..., dict[str, str]]
-Factory = Callable[..., dict[str, Any]]
+from support import CreateProject, assert_refused, audit_rows, stored_worker
 
 
 @pytest.fixture
@@ -32,31 +27,18 @@ def admin(auth: AuthHeaders) -> dict[str, str]:
     return auth("root", role="admin")
 
 
-def register(client: TestClient, headers: dict[str, str], worker_id: str, **fields: Any) -> httpx.Response:
+def register(client: TestClient, headers: dict[str, str], worker_id: str, **fields: Any) -> httpx2.Response:
     body = {"id": worker_id, "type": "agent", "name": worker_id.strip("@").title(), **fields}
     return client.post("/api/workers", json=body, headers=headers)
 
 
 @pytest.fixture
-def bot(client: TestClient, admin: dict[str, str], humans: None, create_project: Factory) -> str:  # noqa: ARG001
+def bot(client: TestClient, admin: dict[str, str], humans: None, create_project: CreateProject) -> str:  # noqa: ARG001
     """The agent "@bot", owned by alice and a member of "demo"."""
     response = register(client, admin, "@bot", owner_id="alice")
     assert response.status_code == 201, response.text
     create_project("demo", owner="alice", members=["bob", "@bot"])
     return "@bot"
-
-
-def stored_worker(db: Engine, worker_id: str) -> Worker | None:
-    with Session(db) as session:
-        return session.get(Worker, worker_id)
-
-
-def audit_rows(db: Engine, **where: Any) -> list[AuditLog]:
-    with Session(db) as session:
-        query = select(AuditLog).order_by(col(AuditLog.id))
-        for field, value in where.items():
-            query = query.where(getattr(AuditLog, field) == value)
-        return list(session.exec(query).all())
 
 
 def work(client: TestClient, auth: AuthHeaders, user: str) -> int:
@@ -67,11 +49,6 @@ def work(client: TestClient, auth: AuthHeaders, user: str) -> int:
     started = client.post(f"/api/tasks/{task_id}/start", headers=auth(user))
     assert started.status_code == 200, started.text
     return task_id
-
-
-def assert_refused(response: httpx.Response, status_code: int, code: str) -> None:
-    assert response.status_code == status_code, response.text
-    assert (response.json()["status_code"], response.json()["code"]) == (status_code, code)
 
 
 # ---------------------------------------------------------------- registering an owned agent

@@ -9,31 +9,19 @@ from typing import Any
 
 import httpx2
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
+from support import CreateProject, CreateTask, audit_count, audit_rows
 
 from models import AuditLog, Task, WorkerType
 
-AuthHeaders = Callable[..., dict[str, str]]
 Audited = Callable[..., tuple[httpx2.Response, AuditLog]]
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def audit_count(db: Engine) -> int:
-    with Session(db) as session:
-        return session.exec(select(func.count()).select_from(AuditLog)).one()
-
-
-def audit_rows(db: Engine, **where: Any) -> list[AuditLog]:
-    with Session(db) as session:
-        query = select(AuditLog).order_by(col(AuditLog.id))
-        for field, value in where.items():
-            query = query.where(getattr(AuditLog, field) == value)
-        return list(session.exec(query).all())
 
 
 def newest_audit_row(db: Engine) -> AuditLog:
@@ -131,9 +119,7 @@ def test_creating_a_task_writes_one_row_with_actor_task_and_fields(
     assert row.context == {"title": [None, "Write docs"], "priority": [None, "high"]}
 
 
-def test_creating_a_task_in_a_project_records_its_project_slug(
-    audited: Audited, create_project: Callable[..., dict[str, Any]]
-) -> None:
+def test_creating_a_task_in_a_project_records_its_project_slug(audited: Audited, create_project: CreateProject) -> None:
     create_project("demo", owner="alice", members=["bob"])
     response, row = audited(
         "POST", "/api/tasks", as_user="bob", json={"title": "In demo", "project_slug": "demo", "assigned_to": "alice"}
@@ -150,7 +136,7 @@ def test_creating_a_task_in_a_project_records_its_project_slug(
 
 
 def test_patching_a_task_records_only_the_changed_fields_as_old_and_new(
-    audited: Audited, create_task: Callable[..., dict[str, Any]]
+    audited: Audited, create_task: CreateTask
 ) -> None:
     task = create_task("Old title", priority="low")
     _, row = audited(
@@ -161,9 +147,7 @@ def test_patching_a_task_records_only_the_changed_fields_as_old_and_new(
     assert row.context == {"title": ["Old title", "New title"], "description": [None, "why"]}
 
 
-def test_clearing_a_field_records_the_old_value_and_null(
-    audited: Audited, create_task: Callable[..., dict[str, Any]]
-) -> None:
+def test_clearing_a_field_records_the_old_value_and_null(audited: Audited, create_task: CreateTask) -> None:
     task = create_task("Has a description", description="text")
     _, row = audited("PATCH", f"/api/tasks/{task['id']}", json={"description": None})
 
@@ -171,7 +155,7 @@ def test_clearing_a_field_records_the_old_value_and_null(
 
 
 def test_a_patch_that_changes_nothing_writes_no_audit_row(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Same", priority="high")
     before = audit_count(db)
@@ -184,9 +168,7 @@ def test_a_patch_that_changes_nothing_writes_no_audit_row(
     assert audit_count(db) == before
 
 
-def test_every_workflow_action_writes_one_row_with_its_status_change(
-    audited: Audited, create_task: Callable[..., dict[str, Any]]
-) -> None:
+def test_every_workflow_action_writes_one_row_with_its_status_change(audited: Audited, create_task: CreateTask) -> None:
     task = create_task("Walk the workflow")
     url = f"/api/tasks/{task['id']}"
 
@@ -224,7 +206,7 @@ def test_every_workflow_action_writes_one_row_with_its_status_change(
 
 
 def test_workflow_rows_carry_the_task_and_its_project(
-    audited: Audited, create_project: Callable[..., dict[str, Any]], create_task: Callable[..., dict[str, Any]]
+    audited: Audited, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     task = create_task("Project work", as_user="alice", project_slug="demo")
@@ -234,9 +216,7 @@ def test_workflow_rows_carry_the_task_and_its_project(
     assert (row.actor_id, row.action, row.task_id, row.project_slug) == ("bob", "task.started", task["id"], "demo")
 
 
-def test_deleting_a_task_writes_one_row_with_what_was_removed(
-    audited: Audited, create_task: Callable[..., dict[str, Any]]
-) -> None:
+def test_deleting_a_task_writes_one_row_with_what_was_removed(audited: Audited, create_task: CreateTask) -> None:
     task = create_task("Short-lived")
     response, row = audited("DELETE", f"/api/tasks/{task['id']}")
 
@@ -264,7 +244,7 @@ def test_project_create_update_and_delete_each_write_one_row(audited: Audited, r
 
 
 def test_member_add_update_and_remove_each_write_one_row(
-    audited: Audited, create_project: Callable[..., dict[str, Any]], register: Callable[..., None]
+    audited: Audited, create_project: CreateProject, register: Callable[..., None]
 ) -> None:
     create_project("demo", owner="alice")
     register("bob")
@@ -284,9 +264,7 @@ def test_member_add_update_and_remove_each_write_one_row(
     assert row.context == {"worker_id": ["bob", None], "role": ["owner", None]}
 
 
-def test_leaving_a_project_is_audited_as_the_member_who_left(
-    audited: Audited, create_project: Callable[..., dict[str, Any]]
-) -> None:
+def test_leaving_a_project_is_audited_as_the_member_who_left(audited: Audited, create_project: CreateProject) -> None:
     create_project("demo", owner="alice", members=["bob"])
 
     _, row = audited("DELETE", "/api/projects/demo/members/bob", as_user="bob")
@@ -366,8 +344,8 @@ def test_refused_and_failed_requests_write_no_audit_row(
     client: TestClient,
     auth: AuthHeaders,
     db: Engine,
-    create_project: Callable[..., dict[str, Any]],
-    create_task: Callable[..., dict[str, Any]],
+    create_project: CreateProject,
+    create_task: CreateTask,
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     task = create_task("Guarded", as_user="alice", project_slug="demo")
@@ -388,7 +366,7 @@ def test_refused_and_failed_requests_write_no_audit_row(
 
 
 def test_reading_writes_no_audit_rows(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Read me")
     before = audit_count(db)
@@ -405,7 +383,7 @@ def test_reading_writes_no_audit_rows(
 
 
 def test_audit_rows_come_back_newest_first_with_the_total_count(
-    client: TestClient, auth: AuthHeaders, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     task = create_task("History")
     client.post(f"/api/tasks/{task['id']}/start", headers=auth("alice"))
@@ -422,7 +400,7 @@ def test_audit_rows_come_back_newest_first_with_the_total_count(
 
 
 def test_an_audit_row_reads_back_with_every_field(
-    client: TestClient, auth: AuthHeaders, create_project: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
     created = client.post(
@@ -455,8 +433,8 @@ def test_audit_filters_by_task_project_actor_and_action(
     client: TestClient,
     auth: AuthHeaders,
     admin: dict[str, str],
-    create_project: Callable[..., dict[str, Any]],
-    create_task: Callable[..., dict[str, Any]],
+    create_project: CreateProject,
+    create_task: CreateTask,
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     create_project("other", owner="bob")
@@ -572,8 +550,8 @@ def test_an_invalid_audit_filter_is_a_422(client: TestClient, admin: dict[str, s
 def test_audit_shows_only_rows_about_what_the_caller_can_see(
     client: TestClient,
     auth: AuthHeaders,
-    create_project: Callable[..., dict[str, Any]],
-    create_task: Callable[..., dict[str, Any]],
+    create_project: CreateProject,
+    create_task: CreateTask,
 ) -> None:
     create_project("secret", owner="alice")
     hidden = create_task("Hidden", as_user="alice", project_slug="secret")
@@ -598,7 +576,7 @@ def test_audit_shows_only_rows_about_what_the_caller_can_see(
 
 
 def test_task_history_is_oldest_first_with_the_total_count(
-    client: TestClient, auth: AuthHeaders, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     task = create_task("Story")
     other = create_task("Unrelated")
@@ -623,7 +601,7 @@ def test_a_deleted_tasks_history_survives_and_an_admin_can_read_it(
     auth: AuthHeaders,
     admin: dict[str, str],
     db: Engine,
-    create_task: Callable[..., dict[str, Any]],
+    create_task: CreateTask,
 ) -> None:
     task = create_task("Doomed")
     client.post(f"/api/tasks/{task['id']}/start", headers=auth("alice"))
@@ -661,7 +639,7 @@ def test_a_deleted_projects_history_survives(
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE", "POST"])
 def test_no_endpoint_changes_or_deletes_audit_rows(
-    client: TestClient, admin: dict[str, str], db: Engine, method: str, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, admin: dict[str, str], db: Engine, method: str, create_task: CreateTask
 ) -> None:
     task = create_task("Witness")
     client.get("/api/workers", headers=admin)
@@ -685,7 +663,7 @@ def postgresql_only(db: Engine) -> None:
 
 
 @pytest.mark.usefixtures("postgresql_only")
-def test_postgresql_refuses_a_raw_update_of_audit_rows(db: Engine, create_task: Callable[..., dict[str, Any]]) -> None:
+def test_postgresql_refuses_a_raw_update_of_audit_rows(db: Engine, create_task: CreateTask) -> None:
     create_task("Evidence")
     before = [row.model_dump() for row in audit_rows(db)]
 
@@ -696,7 +674,7 @@ def test_postgresql_refuses_a_raw_update_of_audit_rows(db: Engine, create_task: 
 
 
 @pytest.mark.usefixtures("postgresql_only")
-def test_postgresql_refuses_a_raw_delete_of_audit_rows(db: Engine, create_task: Callable[..., dict[str, Any]]) -> None:
+def test_postgresql_refuses_a_raw_delete_of_audit_rows(db: Engine, create_task: CreateTask) -> None:
     create_task("Evidence")
     before = audit_count(db)
 

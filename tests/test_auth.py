@@ -25,12 +25,13 @@ from typing import Any
 import httpx2
 import jwt
 import pytest
-from conftest import JWKSServer, SigningKey, serving_http
+from conftest import AuthHeaders, JWKSServer, SigningKey, TokenFactory, serving_http
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, select
+from support import app_of, bearer
 
 import devtoken
 from auth import MAX_TOKEN_LENGTH, InvalidToken, JWKSVerifier, KeySetUnavailable, Principal
@@ -38,8 +39,6 @@ from config import Settings
 from main import create_app
 from models import AuditLog, Task, Worker
 
-TokenFactory = Callable[..., str]
-AuthHeaders = Callable[..., dict[str, str]]
 KEY_NAMES = ["EdDSA", "ES256", "RS256"]
 
 
@@ -161,10 +160,6 @@ def assert_unavailable(response: httpx2.Response, token: str | None = None) -> N
     assert body["status_code"] == 503
     if token:
         assert token not in response.text
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def b64url(data: bytes) -> str:
@@ -683,7 +678,7 @@ def test_repeated_rotations_are_each_picked_up(settings: Settings, make_token: T
     with app_with(settings) as client:
         # Each rotation needs its own unknown-kid refetch; the 30 s rate limit (tested on its
         # own below, with a fake clock) would refuse the second one within this fast test.
-        client.app.state.verifier.refetch_interval = 0  # type: ignore[attr-defined]
+        app_of(client).state.verifier.refetch_interval = 0
         previous: str | None = None
         for generation in range(1, 4):
             rotated = SigningKey(f"ed25519-gen-{generation}", "EdDSA", ed25519.Ed25519PrivateKey.generate())

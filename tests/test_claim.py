@@ -6,27 +6,25 @@ alone. Unless a test says otherwise, bob claims.
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Callable
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, update
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
+from support import ON_POSTGRESQL, CreateProject, CreateTask, audit_rows, parse_time, task_row
 
 from config import Settings
 from main import create_app
-from models import AuditLog, Task, TaskPriority
+from models import Task, TaskPriority
 
-AuthHeaders = Callable[..., dict[str, str]]
-Factory = Callable[..., dict[str, Any]]
-
-ON_POSTGRESQL = bool(os.environ.get("TEST_DATABASE_URL"))
 postgresql_only = pytest.mark.skipif(
     not ON_POSTGRESQL,
     reason="SQLite serializes writers, so it cannot race claims; the guarantee is proven on PostgreSQL in CI",
@@ -43,35 +41,18 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def demo(create_project: Factory) -> None:
+def demo(create_project: CreateProject) -> None:
     create_project("demo", owner="alice", members=["bob", "carol"])
 
 
-def claim(client: TestClient, headers: dict[str, str], body: dict[str, Any] | None = None) -> httpx.Response:
+def claim(client: TestClient, headers: dict[str, str], body: dict[str, Any] | None = None) -> httpx2.Response:
     return client.post("/api/tasks/claim", json=body, headers=headers)
 
 
-def new_task(create_task: Factory, title: str, *, as_user: str = "alice", **fields: Any) -> int:
+def new_task(create_task: CreateTask, title: str, *, as_user: str = "alice", **fields: Any) -> int:
     fields.setdefault("project_slug", "demo")
     task_id: int = create_task(title, as_user=as_user, **fields)["id"]
     return task_id
-
-
-def stored(db: Engine, task_id: int) -> Task:
-    with Session(db) as session:
-        task = session.get(Task, task_id)
-        assert task is not None
-        return task
-
-
-def audit_rows(db: Engine, *, action: str | None = None, task_id: int | None = None) -> list[AuditLog]:
-    with Session(db) as session:
-        query = select(AuditLog).order_by(col(AuditLog.id))
-        if action is not None:
-            query = query.where(AuditLog.action == action)
-        if task_id is not None:
-            query = query.where(AuditLog.task_id == task_id)
-        return list(session.exec(query).all())
 
 
 def set_created_at(db: Engine, task_id: int, created_at: datetime) -> None:
@@ -90,13 +71,9 @@ def expire_lease(db: Engine, task_id: int) -> None:
         session.commit()
 
 
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
 def claim_all(client: TestClient, headers: dict[str, str], body: dict[str, Any] | None = None) -> list[int]:
     """Claim until nothing is ready; the ids in the order they were handed out."""
-    claimed = []
+    claimed: list[int] = []
     for _ in range(100):
         response = claim(client, headers, body)
         if response.status_code == 204:
@@ -110,7 +87,7 @@ def claim_all(client: TestClient, headers: dict[str, str], body: dict[str, Any] 
 
 
 @pytest.mark.usefixtures("demo")
-def test_claim_takes_the_most_urgent_task_first(client: TestClient, auth: AuthHeaders, create_task: Factory) -> None:
+def test_claim_takes_the_most_urgent_task_first(client: TestClient, auth: AuthHeaders, create_task: CreateTask) -> None:
     ids = {priority: new_task(create_task, priority.value, priority=priority.value) for priority in TaskPriority}
 
     assert claim_all(client, auth("bob")) == [
@@ -123,7 +100,7 @@ def test_claim_takes_the_most_urgent_task_first(client: TestClient, auth: AuthHe
 
 @pytest.mark.usefixtures("demo")
 def test_claim_among_equally_urgent_tasks_takes_the_soonest_due_date_and_undated_ones_last(
-    client: TestClient, auth: AuthHeaders, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     undated = new_task(create_task, "Undated")
     later = new_task(create_task, "Later", due_date=(NOW + timedelta(days=5)).isoformat())
@@ -135,7 +112,7 @@ def test_claim_among_equally_urgent_tasks_takes_the_soonest_due_date_and_undated
 
 @pytest.mark.usefixtures("demo")
 def test_claim_among_equally_urgent_and_due_tasks_takes_the_oldest_first(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     newest = new_task(create_task, "Created first, but dated newest")
     oldest = new_task(create_task, "Created second, but dated oldest")
@@ -149,7 +126,7 @@ def test_claim_among_equally_urgent_and_due_tasks_takes_the_oldest_first(
 
 @pytest.mark.usefixtures("demo")
 def test_claim_among_tasks_alike_in_everything_takes_the_lowest_id(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     tasks = [new_task(create_task, f"Twin {n}") for n in range(3)]
     for task_id in tasks:
@@ -160,7 +137,7 @@ def test_claim_among_tasks_alike_in_everything_takes_the_lowest_id(
 
 @pytest.mark.usefixtures("demo")
 def test_claim_orders_by_priority_then_due_date_then_age_then_id(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     day = timedelta(days=1)
     # (title, priority, due in days or None, created minutes ago), created in an order unlike the expected one.
@@ -201,7 +178,7 @@ def test_claim_orders_by_priority_then_due_date_then_age_then_id(
 
 @pytest.mark.usefixtures("demo")
 def test_claim_starts_the_task_for_the_caller_and_answers_it_with_its_etag(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task_id = new_task(create_task, "Ship it")
 
@@ -213,14 +190,14 @@ def test_claim_starts_the_task_for_the_caller_and_answers_it_with_its_etag(
     assert body["lease_expires_at"] is None
     assert body["version"] == 2
     assert response.headers["ETag"] == '"2"'
-    task = stored(db, task_id)
+    task = task_row(db, task_id)
     assert (task.status, task.assigned_to, task.lease_expires_at, task.version) == ("in_progress", "bob", None, 2)
     assert client.get(f"/api/tasks/{task_id}", headers=auth("bob")).json() == body
 
 
 @pytest.mark.usefixtures("demo")
 def test_claim_writes_one_task_claimed_audit_row(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task_id = new_task(create_task, "Ship it")
     rows_before = len(audit_rows(db, task_id=task_id))
@@ -252,7 +229,7 @@ def test_claim_with_nothing_ready_returns_204_with_an_empty_body_and_changes_not
 
 @pytest.mark.usefixtures("demo")
 def test_claim_with_lease_seconds_sets_when_the_lease_runs_out(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task_id = new_task(create_task, "Ship it")
     before = datetime.now(UTC)
@@ -263,11 +240,11 @@ def test_claim_with_lease_seconds_sets_when_the_lease_runs_out(
     assert response.status_code == 200, response.text
     lease_end = parse_time(response.json()["lease_expires_at"])
     assert before + timedelta(seconds=300) <= lease_end <= after + timedelta(seconds=300)
-    assert stored(db, task_id).lease_expires_at == lease_end
+    assert task_row(db, task_id).lease_expires_at == lease_end
 
 
 def test_claim_without_lease_seconds_takes_the_lease_seconds_setting(
-    settings: Settings, auth: AuthHeaders, create_project: Factory, create_task: Factory
+    settings: Settings, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     first = new_task(create_task, "First", priority="high")
@@ -304,7 +281,7 @@ def test_claim_without_lease_seconds_takes_the_lease_seconds_setting(
 )
 @pytest.mark.usefixtures("demo")
 def test_claim_with_a_malformed_body_returns_422_and_claims_nothing(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory, body: dict[str, Any]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask, body: dict[str, Any]
 ) -> None:
     task_id = new_task(create_task, "Ship it")
 
@@ -312,12 +289,12 @@ def test_claim_with_a_malformed_body_returns_422_and_claims_nothing(
 
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "validation_error"
-    assert stored(db, task_id).status == "pending"
+    assert task_row(db, task_id).status == "pending"
 
 
 @pytest.mark.usefixtures("demo")
 def test_claim_accepts_no_body_an_empty_body_and_a_body_of_nulls(
-    client: TestClient, auth: AuthHeaders, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     tasks = [new_task(create_task, f"Task {n}") for n in range(3)]
 
@@ -340,7 +317,7 @@ def test_claim_without_a_token_returns_401(client: TestClient) -> None:
 
 @pytest.mark.usefixtures("demo")
 def test_claim_with_a_project_takes_only_that_projects_tasks(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("other", owner="alice", members=["bob"])
     urgent_elsewhere = new_task(create_task, "Urgent elsewhere", project_slug="other", priority="critical")
@@ -358,7 +335,7 @@ def test_claim_with_a_project_takes_only_that_projects_tasks(
 @pytest.mark.parametrize("project", ["secret", "no-such-project"])
 @pytest.mark.usefixtures("demo")
 def test_claim_with_a_project_the_caller_cannot_see_returns_404(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, create_task: Factory, project: str
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask, project: str
 ) -> None:
     create_project("secret", owner="dave")
     hidden = new_task(create_task, "Dave's", as_user="dave", project_slug="secret")
@@ -372,7 +349,7 @@ def test_claim_with_a_project_the_caller_cannot_see_returns_404(
 
 @pytest.mark.usefixtures("demo")
 def test_claim_with_min_priority_skips_less_urgent_tasks(
-    client: TestClient, auth: AuthHeaders, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     ids = {priority: new_task(create_task, priority.value, priority=priority.value) for priority in TaskPriority}
 
@@ -387,7 +364,7 @@ def test_claim_with_min_priority_skips_less_urgent_tasks(
 
 @pytest.mark.usefixtures("demo")
 def test_claim_never_takes_a_task_of_a_project_the_caller_is_not_a_member_of(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("secret", owner="dave")
     hidden = new_task(create_task, "Dave's", as_user="dave", project_slug="secret", priority="critical")
@@ -395,36 +372,36 @@ def test_claim_never_takes_a_task_of_a_project_the_caller_is_not_a_member_of(
     response = claim(client, auth("bob"))
 
     assert response.status_code == 204, response.text
-    assert stored(db, hidden).status == "pending"
+    assert task_row(db, hidden).status == "pending"
 
 
 @pytest.mark.usefixtures("demo")
 def test_claim_never_takes_another_users_projectless_task_but_takes_ones_own(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     alices = create_task("Alice's own", as_user="alice", priority="critical")["id"]
     bobs = create_task("Bob's own", as_user="bob", priority="low")["id"]
 
     assert claim_all(client, auth("bob")) == [bobs]
-    assert stored(db, alices).status == "pending"
+    assert task_row(db, alices).status == "pending"
 
 
 @pytest.mark.usefixtures("demo")
 def test_claim_never_takes_a_task_assigned_to_someone_else(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     carols = new_task(create_task, "Carol's", assigned_to="carol", priority="critical")
 
     response = claim(client, auth("bob"))
 
     assert response.status_code == 204, response.text
-    task = stored(db, carols)
+    task = task_row(db, carols)
     assert (task.status, task.assigned_to) == ("pending", "carol")
 
 
 @pytest.mark.usefixtures("demo")
 def test_claim_takes_a_pending_task_already_assigned_to_the_caller(
-    client: TestClient, auth: AuthHeaders, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     bobs = new_task(create_task, "Bob's", assigned_to="bob")
 
@@ -436,7 +413,7 @@ def test_claim_takes_a_pending_task_already_assigned_to_the_caller(
 
 @pytest.mark.usefixtures("demo")
 def test_claim_never_takes_a_task_that_is_not_pending(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     started = new_task(create_task, "Started")
     in_review = new_task(create_task, "In review")
@@ -451,13 +428,13 @@ def test_claim_never_takes_a_task_that_is_not_pending(
     response = claim(client, auth("bob"))
 
     assert response.status_code == 204, response.text
-    statuses = [stored(db, task_id).status for task_id in (started, in_review, done, blocked)]
+    statuses = [task_row(db, task_id).status for task_id in (started, in_review, done, blocked)]
     assert statuses == ["in_progress", "review", "completed", "blocked"]
 
 
 @pytest.mark.usefixtures("demo")
 def test_claim_never_takes_a_task_with_an_unfinished_dependency_until_it_completes(
-    client: TestClient, auth: AuthHeaders, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     first = new_task(create_task, "First", assigned_to="carol")
     waiting = new_task(create_task, "Waits for the first", priority="critical")
@@ -478,7 +455,7 @@ def test_claim_never_takes_a_task_with_an_unfinished_dependency_until_it_complet
 
 @pytest.mark.usefixtures("demo")
 def test_claim_takes_a_task_whose_lease_ran_out(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task_id = new_task(create_task, "Abandoned")
     assert claim(client, auth("carol"), {"lease_seconds": 60}).status_code == 200
@@ -502,7 +479,7 @@ def list_ids(client: TestClient, headers: dict[str, str], query: str) -> tuple[l
 
 @pytest.mark.usefixtures("demo")
 def test_ready_true_lists_exactly_what_the_caller_could_claim_and_ready_false_the_rest(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("secret", owner="dave")
     ready = {
@@ -545,7 +522,7 @@ def test_ready_true_lists_exactly_what_the_caller_could_claim_and_ready_false_th
 
 @pytest.mark.usefixtures("demo")
 def test_ready_is_for_the_caller_a_task_assigned_to_bob_is_ready_for_bob_only(
-    client: TestClient, auth: AuthHeaders, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     bobs = new_task(create_task, "Assigned to bob", assigned_to="bob")
 
@@ -564,7 +541,7 @@ def test_ready_with_a_malformed_value_returns_422(client: TestClient, auth: Auth
 # ---------------------------------------------------------------- concurrency
 
 
-def members(create_project: Factory, count: int) -> list[str]:
+def members(create_project: CreateProject, count: int) -> list[str]:
     users = [f"worker{n:02d}" for n in range(count)]
     create_project("demo", owner="alice", members=users)
     return users
@@ -587,7 +564,7 @@ def race_claims(url: str, headers: list[dict[str, str]]) -> list[tuple[int, dict
     barrier = threading.Barrier(len(headers))
 
     def claimer(index: int) -> list[tuple[int, dict[str, Any]]]:
-        claimed = []
+        claimed: list[tuple[int, dict[str, Any]]] = []
         with httpx.Client(base_url=url, headers={**headers[index], **FRESH_CONNECTION}, timeout=60) as http:
             barrier.wait(timeout=30)
             while True:
@@ -623,7 +600,7 @@ def assert_each_task_claimed_exactly_once(
 
 @postgresql_only
 def test_sixteen_concurrent_claimers_never_share_a_task_and_hand_out_every_task_once(
-    live_server: Any, auth: AuthHeaders, db: Engine, create_project: Factory
+    live_server: Any, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     users = members(create_project, 16)
     task_ids = insert_tasks(db, 200)
@@ -635,7 +612,7 @@ def test_sixteen_concurrent_claimers_never_share_a_task_and_hand_out_every_task_
 
 
 def test_a_few_concurrent_claimers_never_share_a_task_on_either_database(
-    live_server: Any, auth: AuthHeaders, db: Engine, create_project: Factory
+    live_server: Any, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     users = members(create_project, 4)
     task_ids = insert_tasks(db, 20)
@@ -646,7 +623,7 @@ def test_a_few_concurrent_claimers_never_share_a_task_on_either_database(
 
 
 def test_start_raced_by_eight_callers_succeeds_for_exactly_one(
-    live_server: Any, auth: AuthHeaders, db: Engine, create_project: Factory
+    live_server: Any, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     users = members(create_project, 8)
     (task_id,) = insert_tasks(db, 1)
@@ -667,14 +644,14 @@ def test_start_raced_by_eight_callers_succeeds_for_exactly_one(
     for response in losers:
         assert response.status_code == 400, response.text
         assert response.json()["code"] == "invalid_transition"
-    task = stored(db, task_id)
+    task = task_row(db, task_id)
     assert (task.status, task.assigned_to, task.version) == ("in_progress", users[winners[0]], 2)
     rows = audit_rows(db, action="task.started", task_id=task_id)
     assert [row.actor_id for row in rows] == [users[winners[0]]]
 
 
 def test_concurrent_claimers_hand_each_expired_task_back_once_and_claim_it_once(
-    live_server: Any, auth: AuthHeaders, db: Engine, create_project: Factory
+    live_server: Any, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     users = members(create_project, 8)
     task_ids = insert_tasks(db, 40)
@@ -691,6 +668,6 @@ def test_concurrent_claimers_hand_each_expired_task_back_once_and_claim_it_once(
     handed_out = [task["id"] for _, task in claims]
     assert sorted(handed_out) == sorted(task_ids)
     expired = audit_rows(db, action="lease_expired")
-    assert sorted(row.task_id for row in expired) == sorted(task_ids)
+    assert Counter(row.task_id for row in expired) == Counter(task_ids)
     assert {(row.actor_id, row.actor_type) for row in expired} == {("system", "system")}
     assert len(audit_rows(db, action="task.claimed")) == len(task_ids)

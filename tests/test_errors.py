@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx2
 import pytest
-from conftest import JWKSServer
+from conftest import AuthHeaders, JWKSServer, TokenFactory
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event
+from sqlalchemy import event
+from support import CreateProject, CreateTask, app_engine, assert_error
 
 from config import Settings
 from main import create_app
 
-AuthHeaders = Callable[..., dict[str, str]]
 ENVELOPE = {"error", "status_code", "code"}
 FRONTEND = "http://localhost:3000"
 
@@ -35,7 +35,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 @contextmanager
 def failing_reads_of_tasks(client: TestClient) -> Iterator[None]:
     """Every statement that reads the task table fails, with a message full of things that must not leak."""
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = app_engine(client)
 
     def fail(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if "FROM task" in statement:
@@ -49,13 +49,9 @@ def failing_reads_of_tasks(client: TestClient) -> Iterator[None]:
 
 
 def assert_envelope(response: httpx2.Response, status_code: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status_code, response.text
+    """The error envelope of this status and code, served as JSON with a request id; its body."""
+    body = assert_error(response, status_code, code)
     assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    assert body["status_code"] == status_code
-    assert body["code"] == code
-    assert isinstance(body["error"], str)
-    assert body["error"]
     assert response.headers["X-Request-ID"]
     return body
 
@@ -154,7 +150,7 @@ def test_a_missing_or_bad_token_is_a_401_envelope_with_www_authenticate(
 
 
 def test_an_expired_token_is_a_401_envelope_that_does_not_echo_the_token(
-    client: TestClient, make_token: Callable[..., str]
+    client: TestClient, make_token: TokenFactory
 ) -> None:
     token = make_token("alice", exp=1_700_000_000)
 
@@ -170,8 +166,8 @@ def test_an_expired_token_is_a_401_envelope_that_does_not_echo_the_token(
 def test_rule_errors_use_the_envelope_with_their_codes(
     client: TestClient,
     auth: AuthHeaders,
-    create_project: Callable[..., dict[str, Any]],
-    create_task: Callable[..., dict[str, Any]],
+    create_project: CreateProject,
+    create_task: CreateTask,
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     task = create_task("Guarded", as_user="alice", project_slug="demo")

@@ -11,15 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
-
-from models import AuditLog, Task
-
-AuthHeaders = Callable[..., dict[str, str]]
-Factory = Callable[..., dict[str, Any]]
+from support import AnyResponse, CreateProject, CreateTask, assert_refused, audit_count, task_row
 
 # Each action, the actions that bring a fresh task to where it may be taken, and its query parameters.
 ACTIONS: dict[str, tuple[list[str], dict[str, Any]]] = {
@@ -34,7 +31,7 @@ ACTIONS: dict[str, tuple[list[str], dict[str, Any]]] = {
 
 
 @pytest.fixture
-def demo(client: TestClient, auth: AuthHeaders, create_project: Factory) -> None:
+def demo(client: TestClient, auth: AuthHeaders, create_project: CreateProject) -> None:
     registered = client.post(
         "/api/workers", json={"id": "agent-7", "type": "agent", "name": "Agent 7"}, headers=auth("root", role="admin")
     )
@@ -43,7 +40,7 @@ def demo(client: TestClient, auth: AuthHeaders, create_project: Factory) -> None
 
 
 @pytest.fixture
-def task_id(create_task: Factory, demo: None) -> int:  # noqa: ARG001
+def task_id(create_task: CreateTask, demo: None) -> int:  # noqa: ARG001
     created: int = create_task("Write the report", as_user="alice", project_slug="demo")["id"]
     return created
 
@@ -54,7 +51,7 @@ def etag(version: int) -> str:
 
 def act(
     client: TestClient, auth: AuthHeaders, task_id: int, action: str, *, user: str = "bob", **headers: str
-) -> httpx.Response:
+) -> httpx2.Response:
     return client.post(f"/api/tasks/{task_id}/{action}", params=ACTIONS[action][1], headers={**auth(user), **headers})
 
 
@@ -64,28 +61,14 @@ def bring_to(client: TestClient, auth: AuthHeaders, task_id: int, action: str) -
         assert response.status_code == 200, response.text
 
 
-def stored(db: Engine, task_id: int) -> Task:
-    with Session(db) as session:
-        task = session.get(Task, task_id)
-        assert task is not None
-        return task
-
-
-def audit_count(db: Engine, task_id: int) -> int:
-    with Session(db) as session:
-        return len(session.exec(select(AuditLog.id).where(col(AuditLog.task_id) == task_id)).all())
-
-
 def current_etag(client: TestClient, auth: AuthHeaders, task_id: int) -> str:
     response = client.get(f"/api/tasks/{task_id}", headers=auth("bob"))
     assert response.status_code == 200, response.text
     return response.headers["ETag"]
 
 
-def assert_precondition_failed(response: httpx.Response, current: str) -> None:
-    assert response.status_code == 412, response.text
-    body = response.json()
-    assert (body["status_code"], body["code"]) == (412, "precondition_failed")
+def assert_precondition_failed(response: AnyResponse, current: str) -> None:
+    body = assert_refused(response, 412, "precondition_failed")
     assert current in body["error"]
 
 
@@ -108,7 +91,7 @@ def test_a_new_task_has_version_1_and_its_etag_on_create_and_get(client: TestCli
 def test_every_audited_change_adds_one_to_the_version(
     client: TestClient, auth: AuthHeaders, db: Engine, task_id: int
 ) -> None:
-    steps = [
+    steps: list[Callable[[], httpx2.Response]] = [
         lambda: client.patch(f"/api/tasks/{task_id}", json={"title": "Renamed"}, headers=auth("bob")),
         lambda: act(client, auth, task_id, "start"),
         lambda: act(client, auth, task_id, "progress"),
@@ -122,7 +105,7 @@ def test_every_audited_change_adds_one_to_the_version(
         assert response.json()["version"] == version
         assert response.headers["ETag"] == etag(version)
         assert current_etag(client, auth, task_id) == etag(version)
-        assert stored(db, task_id).version == version
+        assert task_row(db, task_id).version == version
 
 
 def test_a_patch_that_changes_nothing_keeps_the_version(
@@ -134,7 +117,7 @@ def test_a_patch_that_changes_nothing_keeps_the_version(
 
     assert response.status_code == 200, response.text
     assert response.headers["ETag"] == '"1"'
-    assert stored(db, task_id).version == 1
+    assert task_row(db, task_id).version == 1
 
 
 def test_the_etag_of_someone_elses_task_is_not_revealed(client: TestClient, auth: AuthHeaders, task_id: int) -> None:
@@ -156,7 +139,7 @@ def test_patch_with_the_current_etag_succeeds_and_answers_the_new_one(
 
     assert response.status_code == 200, response.text
     assert response.headers["ETag"] == '"2"'
-    assert stored(db, task_id).title == "Renamed"
+    assert task_row(db, task_id).title == "Renamed"
 
 
 def test_patch_with_a_stale_etag_returns_412_and_changes_nothing(
@@ -164,16 +147,16 @@ def test_patch_with_a_stale_etag_returns_412_and_changes_nothing(
 ) -> None:
     first = client.patch(f"/api/tasks/{task_id}", json={"title": "Mine"}, headers={**auth("alice"), "If-Match": '"1"'})
     assert first.status_code == 200, first.text
-    rows_before = audit_count(db, task_id)
+    rows_before = audit_count(db, task_id=task_id)
 
     response = client.patch(
         f"/api/tasks/{task_id}", json={"title": "Yours", "priority": "high"}, headers={**auth("bob"), "If-Match": '"1"'}
     )
 
     assert_precondition_failed(response, '"2"')
-    task = stored(db, task_id)
+    task = task_row(db, task_id)
     assert (task.title, task.priority, task.version) == ("Mine", "medium", 2)
-    assert audit_count(db, task_id) == rows_before
+    assert audit_count(db, task_id=task_id) == rows_before
 
 
 @pytest.mark.parametrize(
@@ -199,10 +182,10 @@ def test_patch_if_match_forms(
 
     if matches:
         assert response.status_code == 200, response.text
-        assert stored(db, task_id).title == "Renamed"
+        assert task_row(db, task_id).title == "Renamed"
     else:
         assert_precondition_failed(response, '"1"')
-        assert stored(db, task_id).title == "Write the report"
+        assert task_row(db, task_id).title == "Write the report"
 
 
 def test_patch_without_if_match_proceeds_whatever_the_version(
@@ -245,7 +228,7 @@ def test_an_action_with_the_current_etag_succeeds_and_answers_the_new_one(
 ) -> None:
     bring_to(client, auth, task_id, action)
     current = current_etag(client, auth, task_id)
-    version = stored(db, task_id).version
+    version = task_row(db, task_id).version
 
     response = act(client, auth, task_id, action, **{"If-Match": current})
 
@@ -262,20 +245,20 @@ def test_an_action_with_a_stale_etag_returns_412_and_changes_nothing(
     stale = current_etag(client, auth, task_id)
     renamed = client.patch(f"/api/tasks/{task_id}", json={"title": "Renamed"}, headers=auth("alice"))
     assert renamed.status_code == 200, renamed.text
-    before = stored(db, task_id)
-    rows_before = audit_count(db, task_id)
+    before = task_row(db, task_id)
+    rows_before = audit_count(db, task_id=task_id)
 
     response = act(client, auth, task_id, action, **{"If-Match": stale})
 
     assert_precondition_failed(response, renamed.headers["ETag"])
-    after = stored(db, task_id)
+    after = task_row(db, task_id)
     assert (after.status, after.assigned_to, after.progress_percent, after.version) == (
         before.status,
         before.assigned_to,
         before.progress_percent,
         before.version,
     )
-    assert audit_count(db, task_id) == rows_before
+    assert audit_count(db, task_id=task_id) == rows_before
 
 
 @pytest.mark.parametrize("action", list(ACTIONS))
@@ -306,7 +289,7 @@ def test_a_heartbeat_does_not_change_the_etag(client: TestClient, auth: AuthHead
     assert response.status_code == 200, response.text
     assert response.headers["ETag"] == started.headers["ETag"]
     assert current_etag(client, auth, task_id) == started.headers["ETag"]
-    assert stored(db, task_id).version == started.json()["version"]
+    assert task_row(db, task_id).version == started.json()["version"]
     renamed = client.patch(
         f"/api/tasks/{task_id}",
         json={"title": "After the heartbeat"},
@@ -329,7 +312,7 @@ def test_a_claim_answers_the_claimed_tasks_etag(client: TestClient, auth: AuthHe
 
 @pytest.mark.usefixtures("demo")
 def test_a_human_and_an_agent_changing_the_same_version_at_once_exactly_one_wins(
-    live_server: Any, auth: AuthHeaders, db: Engine, create_task: Factory
+    live_server: Any, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     tasks = [create_task(f"Contested {n}", as_user="alice", project_slug="demo")["id"] for n in range(4)]
     human, agent = auth("bob"), auth("agent-7")
@@ -360,7 +343,7 @@ def test_a_human_and_an_agent_changing_the_same_version_at_once_exactly_one_wins
         assert codes == [200, 412], (patched.text, started.text)
         loser = patched if patched.status_code == 412 else started
         assert loser.json()["code"] == "precondition_failed"
-        task = stored(db, task_id)
+        task = task_row(db, task_id)
         assert task.version == 2
         if patched.status_code == 200:
             assert (task.title, task.status, task.assigned_to) == ("The human's", "pending", None)
@@ -370,4 +353,4 @@ def test_a_human_and_an_agent_changing_the_same_version_at_once_exactly_one_wins
                 "in_progress",
                 "agent-7",
             )
-        assert audit_count(db, task_id) == 2
+        assert audit_count(db, task_id=task_id) == 2

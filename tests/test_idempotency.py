@@ -6,32 +6,27 @@ key can meet a record another test left behind.
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event, func, update
+from sqlalchemy import Engine, event, update
 from sqlmodel import Session, col, select
+from support import ON_POSTGRESQL, AnyResponse, CreateProject, CreateTask, assert_refused, count
 
 from config import Settings
 from main import create_app
 from models import AuditLog, IdempotencyKey, Task, utc_now
 
-AuthHeaders = Callable[..., dict[str, str]]
-Factory = Callable[..., dict[str, Any]]
-
-ON_POSTGRESQL = bool(os.environ.get("TEST_DATABASE_URL"))
-
 
 @pytest.fixture
-def demo(create_project: Factory) -> None:
+def demo(create_project: CreateProject) -> None:
     create_project("demo", owner="alice", members=["bob"])
 
 
@@ -43,28 +38,17 @@ def keyed(auth: AuthHeaders, user: str, key: str) -> dict[str, str]:
     return {**auth(user), "Idempotency-Key": key}
 
 
-def count(db: Engine, model: Any, *where: Any) -> int:
-    with Session(db) as session:
-        total: int = session.exec(select(func.count()).select_from(model).where(*where)).one()
-        return total
-
-
 def audit_actions(db: Engine, task_id: int) -> list[str]:
     with Session(db) as session:
         query = select(AuditLog.action).where(AuditLog.task_id == task_id).order_by(col(AuditLog.id))
         return list(session.exec(query).all())
 
 
-def assert_replayed(first: httpx.Response, again: httpx.Response) -> None:
+def assert_replayed(first: AnyResponse, again: AnyResponse) -> None:
     assert again.status_code == first.status_code, again.text
     assert again.content == first.content
     assert again.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first.headers
-
-
-def assert_refused(response: httpx.Response, status_code: int, code: str) -> None:
-    assert response.status_code == status_code, response.text
-    assert (response.json()["status_code"], response.json()["code"]) == (status_code, code)
 
 
 # ---------------------------------------------------------------- creating a task
@@ -216,7 +200,7 @@ def test_a_replayed_start_does_not_start_the_task_twice(client: TestClient, auth
 
 @pytest.mark.usefixtures("demo")
 def test_a_replayed_claim_answers_the_same_task_and_claims_no_second_one(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     first_id = create_task("First", project_slug="demo", priority="high")["id"]
     second_id = create_task("Second", project_slug="demo")["id"]
@@ -248,7 +232,7 @@ def test_a_replayed_claim_that_found_nothing_answers_204_again(client: TestClien
 
 @pytest.mark.usefixtures("demo")
 def test_a_replayed_dependency_add_answers_201_again_instead_of_409(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task_id = create_task("Deploy", project_slug="demo")["id"]
     first_id = create_task("Build", project_slug="demo")["id"]
@@ -281,7 +265,7 @@ def test_a_replayed_project_create_answers_201_again_instead_of_409(
 
 
 def test_a_failed_first_request_stores_nothing_so_its_retry_runs(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     key = new_key()
     headers = keyed(auth, "bob", key)

@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, update
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
+from support import CreateProject, CreateTask, assert_refused, audit_rows, parse_time, task_row
 
 from config import Settings
 from main import create_app
-from models import AuditLog, LostLease, Task, Worker
+from models import LostLease, Task, Worker
 from sweeper import LeaseSweeper
-
-AuthHeaders = Callable[..., dict[str, str]]
-Factory = Callable[..., dict[str, Any]]
 
 HOLDER_ACTIONS: dict[str, dict[str, Any]] = {
     "heartbeat": {},
@@ -36,30 +35,17 @@ HOLDER_ACTIONS: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture
-def demo(create_project: Factory) -> None:
+def demo(create_project: CreateProject) -> None:
     create_project("demo", owner="alice", members=["bob", "carol"])
 
 
 @pytest.fixture
-def leased(client: TestClient, auth: AuthHeaders, create_task: Factory, demo: None) -> int:  # noqa: ARG001
+def leased(client: TestClient, auth: AuthHeaders, create_task: CreateTask, demo: None) -> int:  # noqa: ARG001
     """A task bob started with a 60 s lease."""
     task_id: int = create_task("Leased work", as_user="alice", project_slug="demo")["id"]
     response = client.post(f"/api/tasks/{task_id}/start?lease_seconds=60", headers=auth("bob"))
     assert response.status_code == 200, response.text
     return task_id
-
-
-def stored(db: Engine, task_id: int) -> Task:
-    with Session(db) as session:
-        task = session.get(Task, task_id)
-        assert task is not None
-        return task
-
-
-def audit_rows(db: Engine, task_id: int) -> list[AuditLog]:
-    with Session(db) as session:
-        query = select(AuditLog).where(AuditLog.task_id == task_id).order_by(col(AuditLog.id))
-        return list(session.exec(query).all())
 
 
 def set_lease_end(db: Engine, task_id: int, when: datetime) -> None:
@@ -77,18 +63,8 @@ def sweep(db: Engine) -> int:
     return LeaseSweeper(db, interval=0).sweep()
 
 
-def act(client: TestClient, auth: AuthHeaders, task_id: int, action: str, user: str = "bob") -> httpx.Response:
+def act(client: TestClient, auth: AuthHeaders, task_id: int, action: str, user: str = "bob") -> httpx2.Response:
     return client.post(f"/api/tasks/{task_id}/{action}", params=HOLDER_ACTIONS.get(action, {}), headers=auth(user))
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def assert_refused(response: httpx.Response, status_code: int, code: str) -> None:
-    assert response.status_code == status_code, response.text
-    assert response.json()["code"] == code
-    assert response.json()["status_code"] == status_code
 
 
 # ---------------------------------------------------------------- taking a lease
@@ -96,7 +72,7 @@ def assert_refused(response: httpx.Response, status_code: int, code: str) -> Non
 
 @pytest.mark.usefixtures("demo")
 def test_start_with_lease_seconds_sets_when_the_lease_runs_out(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task_id = create_task("Work", project_slug="demo")["id"]
     before = datetime.now(UTC)
@@ -107,12 +83,12 @@ def test_start_with_lease_seconds_sets_when_the_lease_runs_out(
     assert response.status_code == 200, response.text
     lease_end = parse_time(response.json()["lease_expires_at"])
     assert before + timedelta(seconds=120) <= lease_end <= after + timedelta(seconds=120)
-    assert stored(db, task_id).lease_expires_at == lease_end
+    assert task_row(db, task_id).lease_expires_at == lease_end
 
 
 @pytest.mark.usefixtures("demo")
 def test_start_without_a_lease_and_no_setting_never_expires(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task_id = create_task("Work", project_slug="demo")["id"]
 
@@ -120,12 +96,12 @@ def test_start_without_a_lease_and_no_setting_never_expires(
 
     assert response.status_code == 200, response.text
     assert response.json()["lease_expires_at"] is None
-    assert stored(db, task_id).lease_expires_at is None
+    assert task_row(db, task_id).lease_expires_at is None
 
 
 @pytest.mark.usefixtures("demo")
 def test_start_without_lease_seconds_takes_the_lease_seconds_setting(
-    settings: Settings, auth: AuthHeaders, create_task: Factory
+    settings: Settings, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     task_id = create_task("Work", project_slug="demo")["id"]
 
@@ -145,7 +121,7 @@ def test_start_with_a_bad_lease_seconds_returns_422_and_starts_nothing(
     client: TestClient,
     auth: AuthHeaders,
     db: Engine,
-    create_task: Factory,
+    create_task: CreateTask,
     lease_seconds: str,
 ) -> None:
     task_id = create_task("Work", project_slug="demo")["id"]
@@ -153,7 +129,7 @@ def test_start_with_a_bad_lease_seconds_returns_422_and_starts_nothing(
     response = client.post(f"/api/tasks/{task_id}/start?lease_seconds={lease_seconds}", headers=auth("bob"))
 
     assert_refused(response, 422, "validation_error")
-    assert stored(db, task_id).status == "pending"
+    assert task_row(db, task_id).status == "pending"
 
 
 # ---------------------------------------------------------------- a lease running out
@@ -168,7 +144,7 @@ def test_a_task_whose_lease_ran_out_can_be_claimed_by_someone_else(
 
     assert response.status_code == 200, response.text
     assert (response.json()["id"], response.json()["assigned_to"]) == (leased, "carol")
-    task = stored(db, leased)
+    task = task_row(db, leased)
     assert (task.status, task.assigned_to) == ("in_progress", "carol")
 
 
@@ -180,15 +156,15 @@ def test_a_task_whose_lease_ran_out_can_be_started_by_someone_else(
     response = client.post(f"/api/tasks/{leased}/start", headers=auth("carol"))
 
     assert response.status_code == 200, response.text
-    assert stored(db, leased).assigned_to == "carol"
+    assert task_row(db, leased).assigned_to == "carol"
 
 
 @pytest.mark.parametrize("read", ["get", "list", "pending", "ready", "dependencies"])
 def test_every_read_reports_a_lease_that_ran_out_at_once_without_writing(
     client: TestClient, auth: AuthHeaders, db: Engine, leased: int, read: str
 ) -> None:
-    before = stored(db, leased)
-    rows_before = len(audit_rows(db, leased))
+    before = task_row(db, leased)
+    rows_before = len(audit_rows(db, task_id=leased))
     expire(db, leased)
 
     if read == "get":
@@ -215,9 +191,9 @@ def test_every_read_reports_a_lease_that_ran_out_at_once_without_writing(
     # The hand-back is the system's, not a worker's edit: the task keeps its place in updated_at order.
     assert parse_time(seen["updated_at"]) == before.updated_at
     # The read wrote nothing: the sweeper (or the next change of the task) does.
-    task = stored(db, leased)
+    task = task_row(db, leased)
     assert (task.status, task.assigned_to, task.version) == ("in_progress", "bob", before.version)
-    assert "lease_expired" not in [row.action for row in audit_rows(db, leased)[rows_before:]]
+    assert "lease_expired" not in [row.action for row in audit_rows(db, task_id=leased)[rows_before:]]
 
 
 def test_filters_see_a_task_whose_lease_ran_out_as_pending_and_unassigned(
@@ -240,18 +216,18 @@ def test_filters_see_a_task_whose_lease_ran_out_as_pending_and_unassigned(
 def test_the_sweeper_hands_the_task_back_as_the_system_exactly_as_reads_showed_it(
     client: TestClient, auth: AuthHeaders, db: Engine, leased: int
 ) -> None:
-    rows_before = len(audit_rows(db, leased))
+    rows_before = len(audit_rows(db, task_id=leased))
     expire(db, leased)
     shown = client.get(f"/api/tasks/{leased}", headers=auth("alice"))
 
     assert sweep(db) == 1
 
-    task = stored(db, leased)
+    task = task_row(db, leased)
     assert (task.status, task.assigned_to, task.lease_expires_at, task.lease_seconds) == ("pending", None, None, None)
     after = client.get(f"/api/tasks/{leased}", headers=auth("alice"))
     assert after.json() == shown.json()
     assert after.headers["ETag"] == shown.headers["ETag"] == f'"{task.version}"'
-    rows = audit_rows(db, leased)[rows_before:]
+    rows = audit_rows(db, task_id=leased)[rows_before:]
     assert [row.action for row in rows] == ["lease_expired"]
     row = rows[0]
     assert (row.actor_id, row.actor_type, row.owner_id, row.project_slug) == ("system", "system", None, "demo")
@@ -270,7 +246,7 @@ def test_a_claim_takes_a_task_whose_lease_ran_out_without_waiting_for_the_sweepe
 
     assert response.status_code == 200, response.text
     assert response.json()["id"] == leased
-    assert [row.action for row in audit_rows(db, leased)][-2:] == ["lease_expired", "task.claimed"]
+    assert [row.action for row in audit_rows(db, task_id=leased)][-2:] == ["lease_expired", "task.claimed"]
 
 
 def test_a_claim_that_finds_nothing_for_itself_still_hands_expired_leases_back(
@@ -281,8 +257,8 @@ def test_a_claim_that_finds_nothing_for_itself_still_hands_expired_leases_back(
     response = client.post("/api/tasks/claim", json={"min_priority": "critical"}, headers=auth("alice"))
 
     assert response.status_code == 204, response.text
-    assert stored(db, leased).status == "pending"
-    assert [row.action for row in audit_rows(db, leased)].count("lease_expired") == 1
+    assert task_row(db, leased).status == "pending"
+    assert [row.action for row in audit_rows(db, task_id=leased)].count("lease_expired") == 1
 
 
 def test_a_lease_runs_out_once_however_often_the_task_is_read_or_swept(
@@ -295,7 +271,7 @@ def test_a_lease_runs_out_once_however_often_the_task_is_read_or_swept(
         assert client.get("/api/tasks", headers=auth("carol")).status_code == 200
         sweep(db)
 
-    assert [row.action for row in audit_rows(db, leased)].count("lease_expired") == 1
+    assert [row.action for row in audit_rows(db, task_id=leased)].count("lease_expired") == 1
 
 
 def test_the_lease_expired_row_is_listed_in_the_audit_log_as_the_systems(
@@ -320,11 +296,11 @@ def test_the_app_sweeps_in_the_background(settings: Settings, auth: AuthHeaders,
         assert client.post(f"/api/tasks/{task_id}/start?lease_seconds=60", headers=auth("alice")).status_code == 200
         expire(db, task_id)
         deadline = time.monotonic() + 10
-        while stored(db, task_id).status != "pending" and time.monotonic() < deadline:
+        while task_row(db, task_id).status != "pending" and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    assert stored(db, task_id).status == "pending"
-    assert [row.action for row in audit_rows(db, task_id)].count("lease_expired") == 1
+    assert task_row(db, task_id).status == "pending"
+    assert [row.action for row in audit_rows(db, task_id=task_id)].count("lease_expired") == 1
 
 
 def test_a_lease_that_has_not_run_out_keeps_the_task_with_its_holder(
@@ -337,14 +313,14 @@ def test_a_lease_that_has_not_run_out_keeps_the_task_with_its_holder(
 
     assert listed.json()[0]["status"] == "in_progress"
     assert claimed.status_code == 204, claimed.text
-    task = stored(db, leased)
+    task = task_row(db, leased)
     assert (task.status, task.assigned_to) == ("in_progress", "bob")
-    assert "lease_expired" not in [row.action for row in audit_rows(db, leased)]
+    assert "lease_expired" not in [row.action for row in audit_rows(db, task_id=leased)]
 
 
 @pytest.mark.usefixtures("demo")
 def test_a_task_without_a_lease_never_runs_out(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task_id = create_task("Work", project_slug="demo")["id"]
     assert client.post(f"/api/tasks/{task_id}/start", headers=auth("bob")).status_code == 200
@@ -352,7 +328,7 @@ def test_a_task_without_a_lease_never_runs_out(
     claimed = client.post("/api/tasks/claim", headers=auth("carol"))
 
     assert claimed.status_code == 204, claimed.text
-    assert stored(db, task_id).assigned_to == "bob"
+    assert task_row(db, task_id).assigned_to == "bob"
 
 
 # ---------------------------------------------------------------- the former holder hears lease_lost
@@ -371,7 +347,7 @@ def test_the_former_holder_gets_lease_lost_when_nobody_has_claimed_the_task_sinc
     assert (seen["status"], seen["assigned_to"], seen["progress_percent"]) == ("pending", None, 0)
     # The refused request saved nothing; the hand-back is the sweeper's, once.
     sweep(db)
-    assert [row.action for row in audit_rows(db, leased)].count("lease_expired") == 1
+    assert [row.action for row in audit_rows(db, task_id=leased)].count("lease_expired") == 1
 
 
 @pytest.mark.parametrize("action", list(HOLDER_ACTIONS))
@@ -381,14 +357,14 @@ def test_the_former_holder_gets_lease_lost_when_someone_else_has_claimed_the_tas
     expire(db, leased)
     claimed = client.post("/api/tasks/claim", headers=auth("carol"))
     assert claimed.json()["id"] == leased
-    rows_before = len(audit_rows(db, leased))
+    rows_before = len(audit_rows(db, task_id=leased))
 
     response = act(client, auth, leased, action)
 
     assert_refused(response, 409, "lease_lost")
-    task = stored(db, leased)
+    task = task_row(db, leased)
     assert (task.status, task.assigned_to, task.progress_percent) == ("in_progress", "carol", 0)
-    assert len(audit_rows(db, leased)) == rows_before
+    assert len(audit_rows(db, task_id=leased)) == rows_before
 
 
 @pytest.mark.parametrize("action", list(HOLDER_ACTIONS))
@@ -436,7 +412,7 @@ def test_the_lease_running_out_changes_the_etag(client: TestClient, auth: AuthHe
 
     assert after != before
     sweep(db)
-    assert after == f'"{stored(db, leased).version}"'
+    assert after == f'"{task_row(db, leased).version}"'
 
 
 def test_readers_and_sweepers_at_once_hand_an_expired_task_back_once(
@@ -464,8 +440,8 @@ def test_readers_and_sweepers_at_once_hand_an_expired_task_back_once(
     assert statuses == [200] * len(headers)
     assert swept <= 1
     sweep(db)
-    assert [row.action for row in audit_rows(db, leased)].count("lease_expired") == 1
-    task = stored(db, leased)
+    assert [row.action for row in audit_rows(db, task_id=leased)].count("lease_expired") == 1
+    task = task_row(db, leased)
     assert (task.status, task.assigned_to) == ("pending", None)
 
 
@@ -476,9 +452,9 @@ def test_a_heartbeat_renews_the_lease_without_an_audit_row_or_a_new_version(
     client: TestClient, auth: AuthHeaders, db: Engine, leased: int
 ) -> None:
     set_lease_end(db, leased, datetime.now(UTC) + timedelta(seconds=2))
-    before = stored(db, leased)
+    before = task_row(db, leased)
     etag = client.get(f"/api/tasks/{leased}", headers=auth("bob")).headers["ETag"]
-    rows_before = len(audit_rows(db, leased))
+    rows_before = len(audit_rows(db, task_id=leased))
     sent = datetime.now(UTC)
 
     response = act(client, auth, leased, "heartbeat")
@@ -488,7 +464,7 @@ def test_a_heartbeat_renews_the_lease_without_an_audit_row_or_a_new_version(
     lease_end = parse_time(response.json()["lease_expires_at"])
     assert sent + timedelta(seconds=60) <= lease_end <= received + timedelta(seconds=60)
     assert response.headers["ETag"] == etag
-    after = stored(db, leased)
+    after = task_row(db, leased)
     assert after.lease_expires_at == lease_end
     assert (after.version, after.updated_at, after.status, after.assigned_to) == (
         before.version,
@@ -496,7 +472,7 @@ def test_a_heartbeat_renews_the_lease_without_an_audit_row_or_a_new_version(
         "in_progress",
         "bob",
     )
-    assert len(audit_rows(db, leased)) == rows_before
+    assert len(audit_rows(db, task_id=leased)) == rows_before
     assert client.get(f"/api/tasks/{leased}", headers=auth("bob")).headers["ETag"] == etag
 
 
@@ -510,7 +486,7 @@ def test_a_heartbeat_with_lease_seconds_changes_how_long_the_lease_lasts(
     assert response.status_code == 200, response.text
     lease_end = parse_time(response.json()["lease_expires_at"])
     assert lease_end >= sent + timedelta(seconds=600)
-    assert stored(db, leased).lease_expires_at == lease_end
+    assert task_row(db, leased).lease_expires_at == lease_end
 
 
 def test_a_heartbeat_just_before_the_lease_runs_out_keeps_the_task(
@@ -522,12 +498,12 @@ def test_a_heartbeat_just_before_the_lease_runs_out_keeps_the_task(
     claimed = client.post("/api/tasks/claim", headers=auth("carol"))
 
     assert claimed.status_code == 204, claimed.text
-    assert stored(db, leased).assigned_to == "bob"
+    assert task_row(db, leased).assigned_to == "bob"
 
 
 @pytest.mark.usefixtures("demo")
 def test_a_heartbeat_on_a_task_that_is_not_in_progress_returns_400(
-    client: TestClient, auth: AuthHeaders, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     task_id = create_task("Work", project_slug="demo", assigned_to="bob")["id"]
 
@@ -551,7 +527,7 @@ def test_progress_renews_the_lease(client: TestClient, auth: AuthHeaders, db: En
     assert response.status_code == 200, response.text
     lease_end = parse_time(response.json()["lease_expires_at"])
     assert lease_end >= sent + timedelta(seconds=60)
-    assert stored(db, leased).lease_expires_at == lease_end
+    assert task_row(db, leased).lease_expires_at == lease_end
 
 
 def test_leaving_in_progress_ends_the_lease(client: TestClient, auth: AuthHeaders, db: Engine, leased: int) -> None:
@@ -569,16 +545,16 @@ def test_leaving_in_progress_ends_the_lease(client: TestClient, auth: AuthHeader
 def test_release_hands_the_task_back_pending_and_unassigned_and_is_audited(
     client: TestClient, auth: AuthHeaders, db: Engine, leased: int
 ) -> None:
-    rows_before = len(audit_rows(db, leased))
+    rows_before = len(audit_rows(db, task_id=leased))
 
     response = act(client, auth, leased, "release")
 
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["status"], body["assigned_to"], body["lease_expires_at"]) == ("pending", None, None)
-    task = stored(db, leased)
+    task = task_row(db, leased)
     assert (task.status, task.assigned_to, task.lease_expires_at) == ("pending", None, None)
-    rows = audit_rows(db, leased)[rows_before:]
+    rows = audit_rows(db, task_id=leased)[rows_before:]
     assert [row.action for row in rows] == ["task.released"]
     assert (rows[0].actor_id, rows[0].actor_type) == ("bob", "human")
     assert rows[0].context["status"] == ["in_progress", "pending"]
@@ -593,7 +569,7 @@ def test_release_by_anyone_but_the_assignee_returns_403(
     response = act(client, auth, leased, "release", user=user)
 
     assert_refused(response, 403, "forbidden")
-    task = stored(db, leased)
+    task = task_row(db, leased)
     assert (task.status, task.assigned_to) == ("in_progress", "bob")
 
 
@@ -603,7 +579,7 @@ def test_release_of_a_task_that_is_not_in_progress_returns_400(
     client: TestClient,
     auth: AuthHeaders,
     db: Engine,
-    create_task: Factory,
+    create_task: CreateTask,
     status: str,
 ) -> None:
     task_id = create_task("Work", project_slug="demo", assigned_to="bob")["id"]
@@ -615,7 +591,7 @@ def test_release_of_a_task_that_is_not_in_progress_returns_400(
     response = act(client, auth, task_id, "release")
 
     assert_refused(response, 400, "invalid_transition")
-    assert stored(db, task_id).status == status
+    assert task_row(db, task_id).status == status
 
 
 # ---------------------------------------------------------------- the reserved id "system"

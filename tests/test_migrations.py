@@ -15,6 +15,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -27,7 +28,6 @@ from main import create_app
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 TABLES = {"worker", "project", "project_member", "task", "audit_log"}
-AuthHeaders = Callable[..., dict[str, str]]
 
 
 # ---------------------------------------------------------------- helpers

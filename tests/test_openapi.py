@@ -33,6 +33,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from support import app_of
 
 import access
 import errors
@@ -136,6 +137,7 @@ def _api_routes(app: FastAPI) -> Iterator[tuple[str, str, APIRoute]]:
     for context in iter_route_contexts(app.routes):
         route = context.original_route
         if isinstance(route, APIRoute) and route.include_in_schema and context.path_format is not None:
+            assert route.methods is not None
             for method in sorted(route.methods):
                 yield method.lower(), context.path_format, route
 
@@ -182,7 +184,7 @@ def test_throttling_and_outages_declare_retry_after(settings: Settings) -> None:
 # The document does not depend on the database, so the operations can be listed at collection.
 OPERATIONS = [
     f"{method.upper()} {path}"
-    for path, methods in create_app(Settings(_env_file=None)).openapi()["paths"].items()  # type: ignore[call-arg]
+    for path, methods in create_app(Settings(_env_file=None)).openapi()["paths"].items()
     for method in methods
 ]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -196,7 +198,7 @@ def board(client: TestClient, auth: AuthHeaders) -> FastAPI:
     for title in ("one", "two", "three"):
         created = client.post("/api/tasks", json={"title": title, "project_slug": "demo"}, headers=headers)
         assert created.status_code == 201
-    app: FastAPI = client.app  # type: ignore[assignment]
+    app = app_of(client)
     return app
 
 

@@ -19,11 +19,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from conftest import AuthHeaders
 from conftest import insert as insert_rows
 from fastapi.testclient import TestClient
 from httpx2 import Response
 from sqlalchemy import Engine, delete, insert
 from sqlmodel import Session, col, select
+from support import assert_error
 
 import services
 from config import Settings
@@ -42,8 +44,6 @@ from models import (
     Worker,
     WorkerType,
 )
-
-AuthHeaders = Callable[..., dict[str, str]]
 
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 ALL_SORTS = [sort.value for sort in TaskSort]
@@ -168,15 +168,6 @@ def assert_links_keep_the_query(walk_: Walk, params: dict[str, Any]) -> None:
         assert len(query.pop("after")) == 1, link
         assert "offset" not in query, link
         assert query == expected, link
-
-
-def assert_error(response: Response, status_code: int, code: str) -> None:
-    assert response.status_code == status_code, response.text
-    body = response.json()
-    assert body["status_code"] == status_code, body
-    assert body["code"] == code, body
-    assert isinstance(body["error"], str)
-    assert body["error"]
 
 
 def assert_client_error(response: Response) -> None:
@@ -1153,7 +1144,7 @@ def test_a_walk_goes_on_when_the_last_task_of_a_page_is_deleted(
     def delete_the_last_one_seen(page: Response) -> None:
         task_id = ids(page)[-1]
         with db.begin() as connection:
-            connection.execute(delete(Task).where(Task.id == task_id))  # type: ignore[arg-type]
+            connection.execute(delete(Task).where(col(Task.id) == task_id))
         deleted.append(task_id)
 
     pages = walk(client, "/api/tasks", headers, {"sort": "due_date", "limit": 5}, between=delete_the_last_one_seen)

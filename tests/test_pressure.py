@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import select
 import socket
 import threading
@@ -22,42 +21,29 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
 import pytest
 from conftest import AuthHeaders, LiveServer, captured_warnings, serving, terminate_backends
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from sqlalchemy import Connection, Engine, exc, text
+from support import ON_POSTGRESQL, AnyResponse, assert_error
 
 import telemetry
 from config import Settings
 from database import Timeouts, create_db_engine, mark_read_only, outage
 from main import create_app
 
-POSTGRESQL = os.environ.get("TEST_DATABASE_URL") is not None
-postgresql_only = pytest.mark.skipif(not POSTGRESQL, reason="needs PostgreSQL (set TEST_DATABASE_URL)")
-sqlite_only = pytest.mark.skipif(POSTGRESQL, reason="SQLite only; TEST_DATABASE_URL selects PostgreSQL")
+postgresql_only = pytest.mark.skipif(not ON_POSTGRESQL, reason="needs PostgreSQL (set TEST_DATABASE_URL)")
+sqlite_only = pytest.mark.skipif(ON_POSTGRESQL, reason="SQLite only; TEST_DATABASE_URL selects PostgreSQL")
 
 # Bounded waits: long enough for a loaded 2-core CI machine, short enough that a hang fails the test.
 WAIT = 15.0
-# TestClient answers with httpx2's responses, a real server's client with httpx's.
-AnyResponse = httpx.Response | httpx2.Response
 SMALL_LIMIT = 64 * 1024
 REFUSED_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/x"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def assert_envelope(response: AnyResponse, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert body["status_code"] == status
-    assert body["code"] == code
-    assert isinstance(body["error"], str)
-    assert body["error"]
-    return body
 
 
 def assert_retry_after(response: AnyResponse) -> None:
@@ -243,7 +229,7 @@ def test_64_concurrent_readers_get_200_or_a_clean_503(live_server: LiveServer, a
     assert len(responses) == readers * rounds
     for response in responses:
         if response.status_code == 503:
-            assert_envelope(response, 503, "service_unavailable")
+            assert_error(response, 503, "service_unavailable")
             assert_retry_after(response)
         else:
             assert response.status_code == 200, response.text
@@ -266,7 +252,7 @@ def test_a_request_that_cannot_get_a_connection_in_time_answers_503(settings: Se
                 client.post("/api/tasks", json={"title": "Waits for a connection"}, headers=headers),
                 client.get("/api/health/db"),
             ):
-                assert_envelope(response, 503, "service_unavailable")
+                assert_error(response, 503, "service_unavailable")
                 assert_retry_after(response)
                 assert response.headers["X-Request-ID"]
         finally:
@@ -324,7 +310,7 @@ def test_requests_past_the_queue_cap_answer_503_at_once(settings: Settings, auth
     refused = [response for name, response in responses.items() if name != "writer" and response.status_code == 503]
     served = [response for name, response in responses.items() if name != "writer" and response.status_code == 200]
     assert (len(refused), len(served)) == (1, 1), {name: response.status_code for name, response in responses.items()}
-    assert_envelope(refused[0], 503, "service_unavailable")
+    assert_error(refused[0], 503, "service_unavailable")
     assert refused[0].headers["Retry-After"] == "1"
     # What an operator sees: the refusal counted.
     assert REGISTRY.get_sample_value("taskflow_db_unavailable_total", {"reason": "queue_full"}) == refused_before + 1
@@ -337,7 +323,7 @@ def test_the_default_body_limit_is_one_mebibyte(client: TestClient, auth: AuthHe
     assert Settings.model_fields["max_body_bytes"].default == 1024 * 1024
     headers = {**auth("alice"), "Content-Type": "application/json"}
     too_large = client.post("/api/tasks", content=padded_task("Too large", 1024 * 1024 + 1), headers=headers)
-    assert_envelope(too_large, 413, "payload_too_large")
+    assert_error(too_large, 413, "payload_too_large")
     assert too_large.headers["X-Request-ID"]
     assert counts(db) == (0, 0)
     at_limit = client.post("/api/tasks", content=padded_task("At the limit", 1024 * 1024), headers=headers)
@@ -378,7 +364,7 @@ def test_an_ordinary_client_sending_a_whole_oversized_body_reads_the_413(
     body = padded_task("Too large", size)
     with httpx.Client(base_url=small_body_server.url, timeout=WAIT) as http:
         response = http.post("/api/tasks", content=body, headers={**auth("alice"), "Content-Type": "application/json"})
-    assert_envelope(response, 413, "payload_too_large")
+    assert_error(response, 413, "payload_too_large")
     assert counts(db) == (0, 0)
 
 
@@ -431,7 +417,7 @@ def test_a_body_just_under_the_limit_is_read(small_body_server: LiveServer, auth
         assert created.json()["title"] == "Just under"
         description = "d" * (SMALL_LIMIT - 100)  # within the byte limit, over the field's own
         invalid = http.post("/api/tasks", json={"title": "Long", "description": description})
-        assert_envelope(invalid, 422, "validation_error")
+        assert_error(invalid, 422, "validation_error")
     assert counts(db) == (1, 1)
 
 
@@ -457,7 +443,7 @@ def test_oversized_headers_are_refused_with_431(small_body_server: LiveServer, a
     headers = {**auth("alice"), "X-Padding": "p" * 40_000}  # httptools sets no header limit of its own
     with httpx.Client(base_url=small_body_server.url, timeout=WAIT) as http:
         refused = http.post("/api/tasks", json={"title": "Padded"}, headers=headers)
-        assert_envelope(refused, 431, "headers_too_large")
+        assert_error(refused, 431, "headers_too_large")
         assert refused.headers["X-Request-ID"]
         assert http.post("/api/tasks", json={"title": "Plain"}, headers=auth("alice")).status_code == 201
     assert counts(db) == (1, 1)
@@ -492,11 +478,11 @@ def test_an_unreachable_database_answers_503_and_is_logged_once(
             client.post("/api/tasks", json={"title": "Not saved either"}, headers=headers),
         ]
         for response in responses:
-            assert_envelope(response, 503, "service_unavailable")
+            assert_error(response, 503, "service_unavailable")
             assert_retry_after(response)
         assert client.get("/health").status_code == 200
         readiness = client.get("/api/health/db")
-        assert_envelope(readiness, 503, "service_unavailable")
+        assert_error(readiness, 503, "service_unavailable")
         assert_retry_after(readiness)
     outage_lines = [record for record in records if record.name == "taskflow" and "503" in record.getMessage()]
     assert len(outage_lines) == 1, [record.getMessage() for record in records]
@@ -555,7 +541,7 @@ def test_a_missing_table_is_a_bug_and_answers_500(settings: Settings, auth: Auth
         finally:
             with db.begin() as connection:
                 connection.execute(text("ALTER TABLE audit_log_moved RENAME TO audit_log"))
-    body = assert_envelope(response, 500, "internal_error")
+    body = assert_error(response, 500, "internal_error")
     assert body["request_id"] == response.headers["X-Request-ID"]
     assert counts(db) == (0, 0)
 
@@ -688,7 +674,7 @@ def test_the_apps_connections_carry_the_configured_timeouts(
     with TestClient(app):
         engine: Engine = app.state.engine
         with engine.connect() as connection:
-            if not POSTGRESQL:
+            if not ON_POSTGRESQL:
                 # SQLite has only the lock wait: its busy timeout.
                 assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == expected_ms[1]
                 return
@@ -709,7 +695,7 @@ def lock_held(db: Engine, task_id: int) -> Iterator[Connection]:
     """Another transaction holding what a write to the task needs: its row (PostgreSQL), the write lock (SQLite)."""
     with db.connect() as holder:
         holder.begin()  # on SQLite: BEGIN IMMEDIATE
-        if POSTGRESQL:
+        if ON_POSTGRESQL:
             holder.execute(text("SELECT id FROM task WHERE id = :id FOR UPDATE"), {"id": task_id})
         yield holder
         holder.rollback()
@@ -726,10 +712,10 @@ def test_a_write_stuck_behind_a_lock_answers_503_and_changes_nothing(
         with lock_held(db, task["id"]):
             # The client's timeout bounds the wait: a request that hung would fail here.
             patched = http.patch(f"/api/tasks/{task['id']}", json={"title": "Changed"})
-            assert_envelope(patched, 503, "service_unavailable")
+            assert_error(patched, 503, "service_unavailable")
             assert_retry_after(patched)
             started = http.post(f"/api/tasks/{task['id']}/start")
-            assert_envelope(started, 503, "service_unavailable")
+            assert_error(started, 503, "service_unavailable")
             # Reads take no lock: they go on while the write waits.
             assert http.get(f"/api/tasks/{task['id']}").json()["title"] == "Locked"
             assert task_state(db, task["id"]) == before

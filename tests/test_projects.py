@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
+from support import CreateProject, CreateTask, audit_rows, run_together
 
 from models import AuditLog, Project, ProjectMember, ProjectRole
-
-AuthHeaders = Callable[..., dict[str, str]]
-Factory = Callable[..., dict[str, Any]]
-
-
-def audit_rows(db: Engine) -> list[AuditLog]:
-    with Session(db) as session:
-        return list(session.exec(select(AuditLog).order_by(col(AuditLog.id))).all())
 
 
 def new_audit_rows(db: Engine, before: list[AuditLog]) -> list[AuditLog]:
@@ -76,7 +68,7 @@ def test_create_project_returns_201_and_makes_the_creator_its_owner(
 
 
 def test_create_project_with_a_taken_slug_returns_409(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
     register(client, auth, "bob")
@@ -115,7 +107,7 @@ def test_create_project_with_a_bad_body_returns_422(
 
 
 def test_a_blank_project_name_returns_422_on_create_and_update(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     created = client.post("/api/projects", json={"slug": "blank", "name": "   "}, headers=auth("alice"))
     create_project("demo", owner="alice")
@@ -131,7 +123,7 @@ def test_a_blank_project_name_returns_422_on_create_and_update(
 
 
 def test_list_projects_pages_with_limit_and_offset_and_counts_all(
-    client: TestClient, auth: AuthHeaders, create_project: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject
 ) -> None:
     for slug in ("cherry", "apple", "banana"):
         create_project(slug, owner="alice")
@@ -150,7 +142,9 @@ def test_list_projects_pages_with_limit_and_offset_and_counts_all(
         assert client.get(f"/api/projects?{query}", headers=auth("alice")).status_code == 422, query
 
 
-def test_get_project_returns_it_to_a_member(client: TestClient, auth: AuthHeaders, create_project: Factory) -> None:
+def test_get_project_returns_it_to_a_member(
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject
+) -> None:
     created = create_project("demo", owner="alice", members=["bob"])
 
     response = client.get("/api/projects/demo", headers=auth("bob"))
@@ -168,7 +162,7 @@ def test_get_project_unknown_returns_404_and_a_malformed_slug_422(client: TestCl
 
 
 def test_owner_updates_a_project_and_one_audit_row_records_the_change(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
     before = audit_rows(db)
@@ -187,7 +181,7 @@ def test_owner_updates_a_project_and_one_audit_row_records_the_change(
 
 
 def test_update_project_with_nothing_changed_writes_no_audit_row(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
     before = audit_rows(db)
@@ -199,7 +193,7 @@ def test_update_project_with_nothing_changed_writes_no_audit_row(
 
 
 def test_update_project_with_a_null_name_returns_422(
-    client: TestClient, auth: AuthHeaders, create_project: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
 
@@ -209,7 +203,7 @@ def test_update_project_with_a_null_name_returns_422(
 
 
 def test_update_project_by_a_member_returns_403(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     before = audit_rows(db)
@@ -223,7 +217,7 @@ def test_update_project_by_a_member_returns_403(
 
 
 def test_update_project_by_a_non_member_returns_404(
-    client: TestClient, auth: AuthHeaders, create_project: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
 
@@ -234,7 +228,7 @@ def test_update_project_by_a_non_member_returns_404(
 
 
 def test_update_project_by_an_admin_who_is_no_member_succeeds(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
     before = audit_rows(db)
@@ -252,7 +246,7 @@ def test_update_project_by_an_admin_who_is_no_member_succeeds(
 
 
 def test_owner_deletes_an_empty_project_and_its_members_go_with_it(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     before = audit_rows(db)
@@ -272,7 +266,7 @@ def test_owner_deletes_an_empty_project_and_its_members_go_with_it(
 
 
 def test_delete_project_that_still_has_tasks_returns_400(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     task = create_task("Still here", project_slug="demo")
@@ -289,7 +283,7 @@ def test_delete_project_that_still_has_tasks_returns_400(
 
 
 def test_delete_project_by_a_member_returns_403(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
 
@@ -300,7 +294,7 @@ def test_delete_project_by_a_member_returns_403(
 
 
 def test_delete_project_by_a_non_member_returns_404(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
 
@@ -312,7 +306,7 @@ def test_delete_project_by_a_non_member_returns_404(
 
 
 def test_delete_project_by_an_admin_succeeds(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
 
@@ -327,7 +321,7 @@ def test_delete_project_by_an_admin_succeeds(
 
 
 def test_owner_adds_a_member_and_one_audit_row_records_it(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
     register(client, auth, "bob")
@@ -348,7 +342,7 @@ def test_owner_adds_a_member_and_one_audit_row_records_it(
 
 
 def test_owner_adds_a_member_as_an_owner(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
     register(client, auth, "bob")
@@ -362,7 +356,7 @@ def test_owner_adds_a_member_as_an_owner(
 
 
 def test_add_member_who_is_no_registered_worker_returns_404(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
     before = audit_rows(db)
@@ -376,7 +370,7 @@ def test_add_member_who_is_no_registered_worker_returns_404(
 
 
 def test_add_member_who_already_is_one_returns_409(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     before = audit_rows(db)
@@ -393,7 +387,7 @@ def test_add_member_who_already_is_one_returns_409(
 
 
 def test_add_member_by_a_member_returns_403(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     register(client, auth, "carol")
@@ -408,7 +402,7 @@ def test_add_member_by_a_member_returns_403(
     "body", [{"worker_id": "bob", "role": "boss"}, {"worker_id": "has space"}, {}, {"worker_id": "bob", "x": 1}]
 )
 def test_add_member_with_a_bad_body_returns_422(
-    client: TestClient, auth: AuthHeaders, create_project: Factory, body: dict[str, Any]
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, body: dict[str, Any]
 ) -> None:
     create_project("demo", owner="alice")
     register(client, auth, "bob")
@@ -422,7 +416,7 @@ def test_add_member_with_a_bad_body_returns_422(
 
 
 def test_owner_promotes_a_member_to_owner(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     before = audit_rows(db)
@@ -440,7 +434,7 @@ def test_owner_promotes_a_member_to_owner(
 
 
 def test_setting_a_members_role_to_what_it_is_writes_no_audit_row(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     before = audit_rows(db)
@@ -452,7 +446,7 @@ def test_setting_a_members_role_to_what_it_is_writes_no_audit_row(
 
 
 def test_demoting_the_last_owner_returns_409(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
 
@@ -464,7 +458,7 @@ def test_demoting_the_last_owner_returns_409(
 
 
 def test_demoting_one_of_two_owners_succeeds(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     assert (
@@ -478,7 +472,7 @@ def test_demoting_one_of_two_owners_succeeds(
 
 
 def test_change_role_by_a_member_returns_403(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
 
@@ -489,7 +483,7 @@ def test_change_role_by_a_member_returns_403(
 
 
 def test_change_role_of_a_non_member_returns_404(
-    client: TestClient, auth: AuthHeaders, create_project: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
     register(client, auth, "carol")
@@ -502,7 +496,9 @@ def test_change_role_of_a_non_member_returns_404(
 # ---------------------------------------------------------------- members: remove
 
 
-def test_owner_removes_a_member(client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory) -> None:
+def test_owner_removes_a_member(
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
+) -> None:
     create_project("demo", owner="alice", members=["bob"])
     before = audit_rows(db)
 
@@ -516,7 +512,7 @@ def test_owner_removes_a_member(client: TestClient, auth: AuthHeaders, db: Engin
 
 
 def test_a_member_leaves_a_project_by_removing_themself(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     before = audit_rows(db)
@@ -530,7 +526,7 @@ def test_a_member_leaves_a_project_by_removing_themself(
 
 
 def test_a_member_removing_another_member_returns_403(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob", "carol"])
 
@@ -541,7 +537,7 @@ def test_a_member_removing_another_member_returns_403(
 
 
 def test_removing_the_last_owner_returns_409(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     before = audit_rows(db)
@@ -555,7 +551,7 @@ def test_removing_the_last_owner_returns_409(
 
 
 def test_one_of_two_owners_may_leave(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     assert (
@@ -569,7 +565,7 @@ def test_one_of_two_owners_may_leave(
 
 
 def test_removing_someone_who_is_no_member_returns_404(
-    client: TestClient, auth: AuthHeaders, create_project: Factory
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
     register(client, auth, "carol")
@@ -581,7 +577,12 @@ def test_removing_someone_who_is_no_member_returns_404(
 
 @pytest.mark.parametrize("status", ["pending", "in_progress", "review", "blocked"])
 def test_removing_a_member_with_an_open_task_in_the_project_returns_409(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory, create_task: Factory, status: str
+    client: TestClient,
+    auth: AuthHeaders,
+    db: Engine,
+    create_project: CreateProject,
+    create_task: CreateTask,
+    status: str,
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     task = create_task("Bob's job", project_slug="demo", assigned_to="bob")
@@ -600,7 +601,7 @@ def test_removing_a_member_with_an_open_task_in_the_project_returns_409(
 
 
 def test_a_member_whose_tasks_are_all_completed_can_be_removed(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     for title in ("One", "Two"):
@@ -616,7 +617,7 @@ def test_a_member_whose_tasks_are_all_completed_can_be_removed(
 
 
 def test_an_open_task_in_another_project_does_not_stop_a_removal(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory, create_task: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     create_project("other", owner="alice", members=["bob"])
@@ -632,26 +633,14 @@ def test_an_open_task_in_another_project_does_not_stop_a_removal(
 # ---------------------------------------------------------------- concurrency
 
 
-def run_together(*calls: Callable[[], Any]) -> list[Any]:
-    """Run the calls in threads, released at the same moment."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[], Any]) -> Any:
-        barrier.wait()
-        return call()
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return [future.result() for future in [pool.submit(run, call) for call in calls]]
-
-
-def two_owner_project(client: TestClient, auth: AuthHeaders, create_project: Factory, slug: str) -> None:
+def two_owner_project(client: TestClient, auth: AuthHeaders, create_project: CreateProject, slug: str) -> None:
     create_project(slug, owner="alice", members=["bob"])
     promoted = client.patch(f"/api/projects/{slug}/members/bob", json={"role": "owner"}, headers=auth("alice"))
     assert promoted.status_code == 200, promoted.text
 
 
 def test_two_owners_removing_each_other_at_once_leave_the_project_an_owner(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     alice, bob = auth("alice"), auth("bob")
     for round_ in range(5):
@@ -659,8 +648,8 @@ def test_two_owners_removing_each_other_at_once_leave_the_project_an_owner(
         two_owner_project(client, auth, create_project, slug)
 
         responses = run_together(
-            lambda slug=slug: client.delete(f"/api/projects/{slug}/members/bob", headers=alice),
-            lambda slug=slug: client.delete(f"/api/projects/{slug}/members/alice", headers=bob),
+            partial(client.delete, f"/api/projects/{slug}/members/bob", headers=alice),
+            partial(client.delete, f"/api/projects/{slug}/members/alice", headers=bob),
         )
 
         statuses = sorted(response.status_code for response in responses)
@@ -676,7 +665,7 @@ def test_two_owners_removing_each_other_at_once_leave_the_project_an_owner(
 
 
 def test_two_owners_leaving_at_once_leave_the_project_an_owner(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     alice, bob = auth("alice"), auth("bob")
     for round_ in range(5):
@@ -684,8 +673,8 @@ def test_two_owners_leaving_at_once_leave_the_project_an_owner(
         two_owner_project(client, auth, create_project, slug)
 
         responses = run_together(
-            lambda slug=slug: client.delete(f"/api/projects/{slug}/members/alice", headers=alice),
-            lambda slug=slug: client.delete(f"/api/projects/{slug}/members/bob", headers=bob),
+            partial(client.delete, f"/api/projects/{slug}/members/alice", headers=alice),
+            partial(client.delete, f"/api/projects/{slug}/members/bob", headers=bob),
         )
 
         statuses = sorted(response.status_code for response in responses)
@@ -695,7 +684,7 @@ def test_two_owners_leaving_at_once_leave_the_project_an_owner(
 
 
 def test_two_owners_demoting_each_other_at_once_leave_the_project_an_owner(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Factory
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     alice, bob = auth("alice"), auth("bob")
     for round_ in range(5):
@@ -703,8 +692,8 @@ def test_two_owners_demoting_each_other_at_once_leave_the_project_an_owner(
         two_owner_project(client, auth, create_project, slug)
 
         responses = run_together(
-            lambda slug=slug: client.patch(f"/api/projects/{slug}/members/bob", json={"role": "member"}, headers=alice),
-            lambda slug=slug: client.patch(f"/api/projects/{slug}/members/alice", json={"role": "member"}, headers=bob),
+            partial(client.patch, f"/api/projects/{slug}/members/bob", json={"role": "member"}, headers=alice),
+            partial(client.patch, f"/api/projects/{slug}/members/alice", json={"role": "member"}, headers=bob),
         )
 
         statuses = sorted(response.status_code for response in responses)

@@ -6,15 +6,16 @@ counted with a listener on the app's own engine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import JWKSServer, insert
+from conftest import AuthHeaders, JWKSServer, insert
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
+from support import app_engine
 
 from models import (
     AuditLog,
@@ -28,8 +29,6 @@ from models import (
     WorkerType,
 )
 
-AuthHeaders = Callable[..., dict[str, str]]
-
 # A fixed handful whatever the page holds: reading the caller's worker row, the count and
 # the page, housekeeping, and on SQLite the BEGIN the engine issues itself. Not one per row.
 MAX_STATEMENTS_PER_LIST = 6
@@ -40,7 +39,7 @@ BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 @contextmanager
 def counting_statements(client: TestClient) -> Iterator[list[str]]:
     """Every SQL statement the app sends while the block runs."""
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = app_engine(client)
     statements: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:

@@ -22,6 +22,7 @@ import redis
 from conftest import AuthHeaders, TokenFactory, captured_warnings
 from fastapi.testclient import TestClient
 from limits import parse_many
+from limits.strategies import MovingWindowRateLimiter
 from pydantic import ValidationError
 from sqlalchemy import Engine, text
 
@@ -199,7 +200,9 @@ def test_a_refused_request_uses_up_no_budget_and_names_the_longest_wait(settings
             with pytest.raises(RateLimited):
                 await limiter.check("bob", writing=False)
         hour = parse_many("5/hour")[0]
-        stats = limiter.strategy.get_window_stats(hour, "read", "bob")  # in memory: a plain call
+        strategy = limiter.strategy
+        assert isinstance(strategy, MovingWindowRateLimiter)  # in memory: the synchronous strategy, a plain call
+        stats = strategy.get_window_stats(hour, "read", "bob")
         return stats.remaining
 
     assert anyio.run(refused_twice_then_counted) == 3  # the two refusals took nothing from the hour

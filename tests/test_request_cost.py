@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,20 +19,18 @@ from typing import Any
 import anyio.to_thread
 import httpx
 import pytest
-from conftest import JWKSServer, TokenFactory, insert, terminate_backends
+from conftest import AuthHeaders, JWKSServer, TokenFactory, insert, terminate_backends
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
 from sqlalchemy import Engine, event, text
-from sqlmodel import Session
+from support import ON_POSTGRESQL, app_engine, app_of
 
 import database
 from auth import JWKSVerifier
 from dependencies import TaskFlowRoute
 from models import Project, ProjectMember, ProjectRole, Task, TaskPriority, TaskRead, Worker, WorkerType
 
-AuthHeaders = Callable[..., dict[str, str]]
-ON_POSTGRESQL = bool(os.environ.get("TEST_DATABASE_URL"))
 # SQLite's read transaction is a BEGIN the engine sends itself; PostgreSQL reads need none.
 READ_OVERHEAD = 0 if ON_POSTGRESQL else 1
 LOCKING = re.compile(r"\bFOR (NO KEY )?(UPDATE|SHARE)\b|^\s*(INSERT|UPDATE|DELETE)\b|advisory", re.IGNORECASE)
@@ -42,7 +39,7 @@ LOCKING = re.compile(r"\bFOR (NO KEY )?(UPDATE|SHARE)\b|^\s*(INSERT|UPDATE|DELET
 @contextmanager
 def captured(client: TestClient) -> Iterator[list[tuple[str, bool]]]:
     """Every statement the app sends while the block runs, and whether its connection was in autocommit."""
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = app_engine(client)
     statements: list[tuple[str, bool]] = []
 
     def record(connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -267,7 +264,7 @@ def test_every_dependency_of_every_route_is_async(client: TestClient) -> None:
             yield from calls(sub)
 
     blocking = []
-    routes = [context.original_route for context in iter_route_contexts(client.app.routes)]  # type: ignore[attr-defined]
+    routes = [context.original_route for context in iter_route_contexts(app_of(client).routes)]
     assert len(routes) > 30  # included routers are walked too
     for route in routes:
         if not isinstance(route, TaskFlowRoute):
@@ -349,9 +346,9 @@ def test_an_agents_new_type_shows_in_audit_rows_written_by_an_app_that_never_saw
         second = other_process.post("/api/tasks", json={"title": "As an agent"}, headers=auth("bot"))
 
     assert (first.status_code, changed.status_code, second.status_code) == (201, 200, 201), changed.text
-    with Session(db) as session:
-        rows = session.exec(
-            text("SELECT task_id, actor_type, owner_id FROM audit_log WHERE action = 'task.created' ORDER BY id")  # type: ignore[call-overload]
+    with db.connect() as connection:
+        rows = connection.execute(
+            text("SELECT task_id, actor_type, owner_id FROM audit_log WHERE action = 'task.created' ORDER BY id")
         ).all()
     assert [(row[1], row[2]) for row in rows] == [("human", None), ("agent", "alice")]
 
@@ -380,9 +377,9 @@ def test_requests_after_the_server_closed_every_connection_succeed_and_write_onc
         one = http.get(f"/api/tasks/{created.json()['id']}")
 
     assert (read.status_code, created.status_code, one.status_code) == (200, 201, 200), created.text
-    with Session(db) as session:
-        after = session.exec(text("SELECT count(*) FROM task WHERE title = 'After'")).one()  # type: ignore[call-overload]
-        audited = session.exec(
-            text("SELECT count(*) FROM audit_log WHERE task_id = :id").bindparams(id=created.json()["id"])  # type: ignore[call-overload]
+    with db.connect() as connection:
+        after = connection.execute(text("SELECT count(*) FROM task WHERE title = 'After'")).one()
+        audited = connection.execute(
+            text("SELECT count(*) FROM audit_log WHERE task_id = :id").bindparams(id=created.json()["id"])
         ).one()
     assert (after[0], audited[0]) == (1, 1)

@@ -27,13 +27,13 @@ import pytest
 from conftest import AuthHeaders, JWKSServer
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine, text
+from support import ON_POSTGRESQL, free_port
 
 from config import Settings
 from database import mark_read_only
 from main import create_app, drain_on_signals
 
 REPO = Path(__file__).resolve().parent.parent
-POSTGRESQL = os.environ.get("TEST_DATABASE_URL") is not None
 GRACEFUL_SECONDS = 10
 # Bounded waits: long enough for a loaded 2-core CI machine, short enough that a hang fails the test.
 WAIT = 20.0
@@ -76,13 +76,6 @@ class ServerProcess:
         assert status in {0, -signal.SIGTERM}, f"exit status {status}:\n{output}"
         assert "Application shutdown complete" in output, output
         assert "timeout graceful shutdown exceeded" not in output, output
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @pytest.fixture
@@ -281,14 +274,14 @@ def hold_write_lock(db: Engine, task_id: int) -> Connection:
     PostgreSQL, the database's write lock on SQLite."""
     holder = db.connect()
     holder.begin()  # on SQLite: BEGIN IMMEDIATE
-    if POSTGRESQL:
+    if ON_POSTGRESQL:
         holder.execute(text("SELECT id FROM task WHERE id = :id FOR UPDATE"), {"id": task_id})
     return holder
 
 
 def wait_for_lock_waiter(db: Engine) -> None:
     """On PostgreSQL, until a backend waits for a lock: the request is in the database, not before it."""
-    if not POSTGRESQL:
+    if not ON_POSTGRESQL:
         return
     deadline = time.monotonic() + WAIT
     while True:

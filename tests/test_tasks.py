@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
-from httpx import Response
+from httpx2 import Response
 from sqlalchemy import Engine
 from sqlmodel import Session, func, select
+from support import CreateProject, CreateTask, assert_error, audit_count, case, stored_task
 
 from config import Settings
 from main import create_app
-from models import AuditLog, Task
-
-AuthHeaders = Callable[..., dict[str, str]]
-CreateProject = Callable[..., dict[str, Any]]
-CreateTask = Callable[..., dict[str, Any]]
+from models import Task
 
 LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
 # What the contract says a task is; responses may carry more (e.g. a version), which PATCH is free to bump.
@@ -58,20 +55,6 @@ def utc(value: str) -> datetime:
     return parsed
 
 
-def assert_error(response: Response, status_code: int, code: str) -> None:
-    assert response.status_code == status_code, response.text
-    body = response.json()
-    assert body["status_code"] == status_code
-    assert body["code"] == code
-    assert isinstance(body["error"], str)
-    assert body["error"]
-
-
-def stored_task(db: Engine, task_id: int) -> Task | None:
-    with Session(db) as session:
-        return session.get(Task, task_id)
-
-
 def set_columns(db: Engine, task_id: int, **values: Any) -> None:
     """Arrange a task's row directly, e.g. timestamps the API never lets a client set."""
     with Session(db) as session:
@@ -81,20 +64,6 @@ def set_columns(db: Engine, task_id: int, **values: Any) -> None:
             setattr(task, name, value)
         session.add(task)
         session.commit()
-
-
-def audit_rows(db: Engine, task_id: int) -> int:
-    with Session(db) as session:
-        return session.exec(select(func.count()).select_from(AuditLog).where(AuditLog.task_id == task_id)).one()
-
-
-@contextmanager
-def case(failures: list[str], name: str) -> Iterator[None]:
-    """Run one case of many; a failed assertion is recorded under `name` instead of ending the test."""
-    try:
-        yield
-    except AssertionError as exc:
-        failures.append(f"{name}: {str(exc)[:600]}")
 
 
 def same_except(after: dict[str, Any], before: dict[str, Any], *changed: str) -> bool:
@@ -461,7 +430,7 @@ def test_noop_patch_changes_nothing(client: TestClient, auth: AuthHeaders, creat
     task = create_task("Same", priority="high", description="Text", due_date="2030-01-01T00:00:00Z")
     set_columns(db, task["id"], updated_at=LONG_AGO)
     before = client.get(f"/api/tasks/{task['id']}", headers=auth("alice")).json()
-    rows = audit_rows(db, task["id"])
+    rows = audit_count(db, task_id=task["id"])
 
     failures: list[str] = []
     for patch in NOOP_PATCHES:
@@ -470,7 +439,7 @@ def test_noop_patch_changes_nothing(client: TestClient, auth: AuthHeaders, creat
             assert response.status_code == 200, response.text
             assert response.json() == before
             assert client.get(f"/api/tasks/{task['id']}", headers=auth("alice")).json() == before
-            assert audit_rows(db, task["id"]) == rows
+            assert audit_count(db, task_id=task["id"]) == rows
 
     assert not failures, "\n".join(failures)
     assert utc(before["updated_at"]) == LONG_AGO
@@ -948,7 +917,7 @@ def test_empty_list_is_a_json_array_with_a_zero_count(client: TestClient, auth: 
 
 
 def test_a_member_cannot_reassign_a_task_someone_else_is_working_on(
-    client: TestClient, auth: AuthHeaders, create_project: Callable[..., Any], create_task: Callable[..., Any]
+    client: TestClient, auth: AuthHeaders, create_project: CreateProject, create_task: CreateTask
 ) -> None:
     create_project("demo", members=["bob", "carol"])
     task = create_task("Busy", project_slug="demo")
@@ -965,7 +934,7 @@ def test_a_member_cannot_reassign_a_task_someone_else_is_working_on(
 
 
 def test_a_block_reason_of_only_unicode_separators_is_refused(
-    client: TestClient, auth: AuthHeaders, create_task: Callable[..., Any]
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     task = create_task("Stuck")
 

@@ -14,13 +14,12 @@ import json
 import logging
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -30,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from conftest import serving_http
+from conftest import AuthHeaders, TokenFactory, serving_http
 from fastapi.testclient import TestClient
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -42,15 +41,12 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from pythonjsonlogger.json import JsonFormatter
+from support import CreateTask, app_engine, free_port
 
 import telemetry
 from config import VERSION, Settings
 from database import create_db_engine, migrate
 from main import create_app
-
-AuthHeaders = Callable[..., dict[str, str]]
-Factory = Callable[..., dict[str, Any]]
-TokenFactory = Callable[..., str]
 
 REPO = Path(__file__).resolve().parent.parent
 TASK_ROUTE = "/api/tasks/{task_id}"
@@ -71,13 +67,6 @@ class Server:
     def log_records(self) -> list[dict[str, Any]]:
         """Every line of stderr, each parsed as JSON (so any line that is not JSON fails the test)."""
         return [json.loads(line) for line in self.stderr.read_text().splitlines() if line.strip()]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def server_env(database_url: str, auth_server_url: str, **settings: str) -> dict[str, str]:
@@ -252,7 +241,7 @@ def test_an_unauthenticated_request_is_logged_without_a_caller(
 
 
 def test_logs_are_plain_text_lines_by_default(
-    client: TestClient, auth: AuthHeaders, create_task: Factory, capsys: pytest.CaptureFixture[str]
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask, capsys: pytest.CaptureFixture[str]
 ) -> None:
     task = create_task("Plain")
     capsys.readouterr()
@@ -295,7 +284,7 @@ def test_configuring_logging_again_replaces_its_handler_and_takes_over_uvicorns(
 
 
 def test_requests_are_counted_by_route_template_and_status(
-    client: TestClient, auth: AuthHeaders, create_task: Factory
+    client: TestClient, auth: AuthHeaders, create_task: CreateTask
 ) -> None:
     task = create_task("Counted")
     before = scrape(client)
@@ -330,7 +319,7 @@ def test_a_404_is_labelled_with_its_route_template_and_an_unrouted_path_as_unmat
     assert not [key for key in after if any("987654" in label_value for _, label_value in key[1])]
 
 
-def test_claims_are_counted_as_claimed_or_empty(client: TestClient, auth: AuthHeaders, create_task: Factory) -> None:
+def test_claims_are_counted_as_claimed_or_empty(client: TestClient, auth: AuthHeaders, create_task: CreateTask) -> None:
     before = scrape(client)
 
     nothing = client.post("/api/tasks/claim", headers=auth("alice"))
@@ -345,7 +334,7 @@ def test_claims_are_counted_as_claimed_or_empty(client: TestClient, auth: AuthHe
 
 
 def test_the_pool_gauges_follow_connections_checked_out_and_waited_for(client: TestClient, auth: AuthHeaders) -> None:
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = app_engine(client)
     before = scrape(client)
 
     with engine.connect():
@@ -382,7 +371,7 @@ def test_without_metrics_there_is_no_endpoint_and_nothing_is_counted(settings: S
 
 def worker_reads(path: Path) -> float:
     """The task reads one worker counted, from its own file."""
-    metrics = MultiProcessCollector.merge([str(path)])  # type: ignore[no-untyped-call]
+    metrics = MultiProcessCollector.merge([str(path)])  # type: ignore[no-untyped-call]  # prometheus_client leaves merge() unannotated
     samples = {(s.name, frozenset(s.labels.items())): s.value for metric in metrics for s in metric.samples}
     return value(samples, "taskflow_http_requests_total", **task_reads("200"))
 

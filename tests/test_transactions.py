@@ -6,21 +6,21 @@ session, flush and commit path runs; the `db` fixture's separate engine checks w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx2
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, Engine, event, func
-from sqlmodel import Session, select
+from sqlalchemy import Connection, Engine, event
+from sqlmodel import Session, col, select
+from support import CreateProject, CreateTask, app_engine, count, task_row
 
 from config import Settings
 from main import create_app
 from models import AuditLog, Project, ProjectMember, Task, TaskStatus
-
-AuthHeaders = Callable[..., dict[str, str]]
 
 
 class InjectedFault(Exception):
@@ -67,7 +67,9 @@ def failing_commits(engine: Engine) -> Iterator[list[int]]:
         # The "commit" event runs just before the driver's commit. A COMMIT the server refuses
         # ends the transaction there, so end it here too: raising alone would leave it open
         # (and, on SQLite, the write lock held) in the pooled connection.
-        connection.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
+        driver_connection = connection.connection.dbapi_connection
+        assert driver_connection is not None  # a connection being committed is checked out of the pool
+        driver_connection.rollback()
         raise InjectedFault("injected fault: COMMIT refused by test")
 
     event.listen(engine, "commit", fail)
@@ -75,23 +77,6 @@ def failing_commits(engine: Engine) -> Iterator[list[int]]:
         yield refused
     finally:
         event.remove(engine, "commit", fail)
-
-
-def app_engine(client: TestClient) -> Engine:
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
-    return engine
-
-
-def count(db: Engine, table: Any, *where: Any) -> int:
-    with Session(db) as session:
-        return session.exec(select(func.count()).select_from(table).where(*where)).one()
-
-
-def get_task_row(db: Engine, task_id: int) -> Task:
-    with Session(db) as session:
-        task = session.get(Task, task_id)
-    assert task is not None
-    return task
 
 
 def assert_internal_error(response: httpx2.Response) -> None:
@@ -131,7 +116,7 @@ def test_create_task_whose_audit_insert_fails_saves_no_task(client: TestClient, 
 
 
 def test_create_task_in_a_project_whose_audit_insert_fails_saves_no_task(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice", members=["bob"])
     audit_before = count(db, AuditLog)
@@ -149,7 +134,7 @@ def test_create_task_in_a_project_whose_audit_insert_fails_saves_no_task(
 
 
 def test_patch_task_whose_audit_insert_fails_changes_nothing(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Original", description="as it was", priority="low")
     audit_before = count(db, AuditLog)
@@ -162,7 +147,7 @@ def test_patch_task_whose_audit_insert_fails_changes_nothing(
         )
 
     assert_internal_error(response)
-    saved = get_task_row(db, task["id"])
+    saved = task_row(db, task["id"])
     assert (saved.title, saved.description, saved.priority) == ("Original", "as it was", "low")
     assert saved.updated_at.isoformat() == task["updated_at"].replace("Z", "+00:00")
     assert count(db, AuditLog) == audit_before
@@ -176,7 +161,7 @@ def test_workflow_action_whose_audit_insert_fails_leaves_the_task_as_it_was(
     client: TestClient,
     auth: AuthHeaders,
     db: Engine,
-    create_task: Callable[..., dict[str, Any]],
+    create_task: CreateTask,
     action: str,
     params: dict[str, str],
 ) -> None:
@@ -187,13 +172,13 @@ def test_workflow_action_whose_audit_insert_fails_leaves_the_task_as_it_was(
         response = client.post(f"/api/tasks/{task['id']}/{action}", params=params, headers=auth("alice"))
 
     assert_internal_error(response)
-    saved = get_task_row(db, task["id"])
+    saved = task_row(db, task["id"])
     assert (saved.status, saved.assigned_to) == (TaskStatus.pending, None)
     assert count(db, AuditLog) == audit_before
 
 
 def test_complete_whose_audit_insert_fails_keeps_status_and_progress(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Almost done")
     client.post(f"/api/tasks/{task['id']}/start", headers=auth("alice"))
@@ -204,7 +189,7 @@ def test_complete_whose_audit_insert_fails_keeps_status_and_progress(
         response = client.post(f"/api/tasks/{task['id']}/complete", headers=auth("alice"))
 
     assert_internal_error(response)
-    saved = get_task_row(db, task["id"])
+    saved = task_row(db, task["id"])
     assert (saved.status, saved.progress_percent) == (TaskStatus.in_progress, 60)
     assert count(db, AuditLog) == audit_before
 
@@ -226,7 +211,7 @@ def test_create_project_whose_audit_insert_fails_saves_no_project_or_membership(
 
 @pytest.mark.usefixtures("users")
 def test_add_member_whose_audit_insert_fails_adds_no_member(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_project: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject
 ) -> None:
     create_project("demo", owner="alice")
     audit_before = count(db, AuditLog)
@@ -240,7 +225,7 @@ def test_add_member_whose_audit_insert_fails_adds_no_member(
 
 
 def test_delete_task_whose_audit_insert_fails_keeps_the_task(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Survivor")
     audit_before = count(db, AuditLog)
@@ -249,7 +234,7 @@ def test_delete_task_whose_audit_insert_fails_keeps_the_task(
         response = client.delete(f"/api/tasks/{task['id']}", headers=auth("alice"))
 
     assert_internal_error(response)
-    assert get_task_row(db, task["id"]).title == "Survivor"
+    assert task_row(db, task["id"]).title == "Survivor"
     assert count(db, AuditLog) == audit_before
 
 
@@ -257,7 +242,7 @@ def test_delete_task_whose_audit_insert_fails_keeps_the_task(
 
 
 def test_patch_task_whose_update_fails_writes_no_audit_row(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Original")
     audit_before = count(db, AuditLog)
@@ -267,7 +252,7 @@ def test_patch_task_whose_update_fails_writes_no_audit_row(
 
     assert refused, "the task update was never attempted"
     assert_internal_error(response)
-    assert get_task_row(db, task["id"]).title == "Original"
+    assert task_row(db, task["id"]).title == "Original"
     assert count(db, AuditLog) == audit_before
 
 
@@ -292,7 +277,7 @@ def test_create_task_whose_commit_fails_answers_an_error_and_saves_nothing(
 
 
 def test_workflow_action_whose_commit_fails_answers_an_error_and_changes_nothing(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Not started")
     audit_before = count(db, AuditLog)
@@ -302,7 +287,7 @@ def test_workflow_action_whose_commit_fails_answers_an_error_and_changes_nothing
 
     assert not response.is_success, response.text
     assert response.json()["code"] == "internal_error"
-    saved = get_task_row(db, task["id"])
+    saved = task_row(db, task["id"])
     assert (saved.status, saved.assigned_to) == (TaskStatus.pending, None)
     assert count(db, AuditLog) == audit_before
 
@@ -330,23 +315,23 @@ def test_a_created_task_and_its_audit_row_are_both_saved(client: TestClient, aut
 
     assert response.status_code == 201, response.text
     task_id = response.json()["id"]
-    assert get_task_row(db, task_id).title == "Saved"
+    assert task_row(db, task_id).title == "Saved"
     with Session(db) as session:
         rows = session.exec(select(AuditLog).where(AuditLog.task_id == task_id)).all()
     assert [(row.action, row.actor_id, row.request_id) for row in rows] == [("task.created", "alice", "ok-1")]
 
 
 def test_a_patched_task_and_its_audit_row_are_both_saved(
-    client: TestClient, auth: AuthHeaders, db: Engine, create_task: Callable[..., dict[str, Any]]
+    client: TestClient, auth: AuthHeaders, db: Engine, create_task: CreateTask
 ) -> None:
     task = create_task("Before")
 
     response = client.patch(f"/api/tasks/{task['id']}", json={"title": "After"}, headers=auth("alice"))
 
     assert response.status_code == 200, response.text
-    assert get_task_row(db, task["id"]).title == "After"
+    assert task_row(db, task["id"]).title == "After"
     with Session(db) as session:
-        rows = session.exec(select(AuditLog).where(AuditLog.task_id == task["id"]).order_by(AuditLog.id)).all()  # type: ignore[arg-type]
+        rows = session.exec(select(AuditLog).where(AuditLog.task_id == task["id"]).order_by(col(AuditLog.id))).all()
     assert [(row.action, row.context) for row in rows] == [
         ("task.created", {"title": [None, "Before"], "priority": [None, "medium"]}),
         ("task.updated", {"title": ["Before", "After"]}),

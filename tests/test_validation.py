@@ -6,23 +6,20 @@ value that was not refused, so one failing case does not hide the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
-from httpx import Response
+from httpx2 import Response
 from sqlalchemy import Engine
-from sqlmodel import Session, func, select
+from sqlmodel import Session, select
+from support import CreateProject, CreateTask, case, count
 
 from config import Settings
 from main import create_app
 from models import MAX_OFFSET, Project, ProjectMember, Task, Worker
-
-AuthHeaders = Callable[..., dict[str, str]]
-CreateProject = Callable[..., dict[str, Any]]
-CreateTask = Callable[..., dict[str, Any]]
 
 MAX_ID = 2**31 - 1
 NUL = "\x00"
@@ -36,7 +33,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
-def assert_validation_error(response: Response, loc: list[str | int] | None = None) -> list[dict[str, Any]]:
+def assert_validation_error(response: Response, loc: Sequence[str | int] | None = None) -> list[dict[str, Any]]:
     """A 422 in the envelope whose `detail` lists field errors (one of them at `loc`, when given)."""
     assert response.status_code == 422, f"{response.status_code}: {response.text[:500]}"
     body = response.json()
@@ -57,24 +54,10 @@ def assert_validation_error(response: Response, loc: list[str | int] | None = No
         assert isinstance(entry["type"], str)
         assert entry["type"]
     if loc is not None:
-        assert loc in [entry["loc"] for entry in detail], detail
+        assert list(loc) in [entry["loc"] for entry in detail], detail
         if len(detail) == 1:
             assert ".".join(str(part) for part in loc) in body["error"]
     return detail
-
-
-@contextmanager
-def case(failures: list[str], name: str) -> Iterator[None]:
-    """Run one case of many; a failed assertion is recorded under `name` instead of ending the test."""
-    try:
-        yield
-    except AssertionError as exc:
-        failures.append(f"{name}: {str(exc)[:600]}")
-
-
-def count(db: Engine, model: type[Any]) -> int:
-    with Session(db) as session:
-        return session.exec(select(func.count()).select_from(model)).one()
 
 
 # ---------------------------------------------------------------- task fields

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import AuthHeaders, TokenFactory
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
+from support import audit_rows, bearer, run_together, stored_worker
 
 from config import Settings
 from main import create_app
-from models import AuditLog, Worker, WorkerType
-
-AuthHeaders = Callable[..., dict[str, str]]
-TokenFactory = Callable[..., str]
+from models import Worker, WorkerType
 
 AGENT = "@claude-code"
 
@@ -27,23 +24,6 @@ def lenient_client(settings: Settings) -> Iterator[TestClient]:
     """A client that answers a server error with its 500 response instead of raising it in the test."""
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def stored_worker(db: Engine, worker_id: str) -> Worker | None:
-    with Session(db) as session:
-        return session.get(Worker, worker_id)
-
-
-def audit_rows(db: Engine, **where: Any) -> list[AuditLog]:
-    with Session(db) as session:
-        query = select(AuditLog).order_by(col(AuditLog.id))
-        for field, value in where.items():
-            query = query.where(getattr(AuditLog, field) == value)
-        return list(session.exec(query).all())
 
 
 def register_agent(client: TestClient, auth: AuthHeaders) -> None:
@@ -142,18 +122,6 @@ def test_a_failed_first_request_leaves_no_half_registered_worker(
     assert client.get("/api/tasks", headers=auth("alice")).status_code == 200
     assert stored_worker(db, "alice") is not None
     assert len(audit_rows(db, action="worker.registered", actor_id="alice")) == 1
-
-
-def run_together(*calls: Callable[[], Any]) -> list[Any]:
-    """Run the calls in threads, released at the same moment."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[], Any]) -> Any:
-        barrier.wait()
-        return call()
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return [future.result() for future in [pool.submit(run, call) for call in calls]]
 
 
 def test_simultaneous_first_requests_register_exactly_one_worker(

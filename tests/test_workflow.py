@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
-from sqlmodel import Session, col, select
+from support import CreateProject, app_engine, assert_refused, audit_rows, task_row
 
 from models import AuditLog, Task, TaskStatus
 from workflow import TRANSITIONS
-
-AuthHeaders = Callable[..., dict[str, str]]
 
 STATUSES = [status.value for status in TaskStatus]
 
@@ -100,11 +98,11 @@ class Workflow:
         task_id: int = response.json()["id"]
         return task_id
 
-    def act(self, task_id: int, action: str, *, as_user: str = "bob", **params: Any) -> httpx.Response:
+    def act(self, task_id: int, action: str, *, as_user: str = "bob", **params: Any) -> httpx2.Response:
         params = {**ACTION_PARAMS.get(action, {}), **params}
         return self.client.post(f"/api/tasks/{task_id}/{action}", params=params, headers=self.auth(as_user))
 
-    def patch(self, task_id: int, *, as_user: str = "bob", **fields: Any) -> httpx.Response:
+    def patch(self, task_id: int, *, as_user: str = "bob", **fields: Any) -> httpx2.Response:
         return self.client.patch(f"/api/tasks/{task_id}", json=fields, headers=self.auth(as_user))
 
     def drive(self, task_id: int, status: str, *, as_user: str = "bob") -> None:
@@ -115,29 +113,16 @@ class Workflow:
         assert self.stored(task_id).status == status
 
     def stored(self, task_id: int) -> Task:
-        with Session(self.db) as session:
-            task = session.get(Task, task_id)
-            assert task is not None
-            return task
+        return task_row(self.db, task_id)
 
     def audit(self, task_id: int) -> list[AuditLog]:
-        with Session(self.db) as session:
-            query = select(AuditLog).where(AuditLog.task_id == task_id).order_by(col(AuditLog.id))
-            return list(session.exec(query).all())
+        return audit_rows(self.db, task_id=task_id)
 
 
 @pytest.fixture
-def flow(client: TestClient, auth: AuthHeaders, db: Engine, create_project: Callable[..., dict[str, Any]]) -> Workflow:
+def flow(client: TestClient, auth: AuthHeaders, db: Engine, create_project: CreateProject) -> Workflow:
     create_project("demo", owner="alice", members=["bob", "carol"])
     return Workflow(client, auth, db)
-
-
-def assert_refused(response: httpx.Response, status_code: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status_code, response.text
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code
-    assert body["status_code"] == status_code
-    return body
 
 
 def assert_unchanged(flow: Workflow, task_id: int, before: Task, audit_rows: int) -> None:
@@ -695,7 +680,7 @@ def test_block_without_a_reason_or_with_a_blank_one_returns_422(flow: Workflow, 
 # ---------------------------------------------------------------- two requests at once
 
 
-def race(flow: Workflow, task_id: int, action: str, users: list[str]) -> dict[str, httpx.Response]:
+def race(flow: Workflow, task_id: int, action: str, users: list[str]) -> dict[str, httpx2.Response]:
     """Send `action` for each user at the same moment, with the app lingering after it reads the task.
 
     The pause widens the window between reading the task and writing it: without a row lock
@@ -703,7 +688,7 @@ def race(flow: Workflow, task_id: int, action: str, users: list[str]) -> dict[st
     """
     headers = {user: flow.auth(user) for user in users}
     barrier = threading.Barrier(len(users))
-    engine: Engine = flow.client.app.state.engine  # type: ignore[attr-defined]
+    engine = app_engine(flow.client)
 
     def linger(
         _connection: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, _executemany: bool
@@ -711,7 +696,7 @@ def race(flow: Workflow, task_id: int, action: str, users: list[str]) -> dict[st
         if statement.lstrip().upper().startswith("SELECT") and "FROM task" in statement and "task.id =" in statement:
             time.sleep(0.05)
 
-    def send(user: str) -> tuple[str, httpx.Response]:
+    def send(user: str) -> tuple[str, httpx2.Response]:
         barrier.wait(timeout=10)
         return user, flow.client.post(
             f"/api/tasks/{task_id}/{action}", params=ACTION_PARAMS.get(action, {}), headers=headers[user]

@@ -7,6 +7,7 @@ Create Date: 2026-11-24
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -19,13 +20,13 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     # SQLite rebuilds the table here; keep AUTOINCREMENT so ids are never reused.
-    task_table = {"table_kwargs": {"sqlite_autoincrement": True}}
-    with op.batch_alter_table("task", **task_table) as batch:
+    task_table_kwargs: dict[str, Any] = {"sqlite_autoincrement": True}
+    with op.batch_alter_table("task", table_kwargs=task_table_kwargs) as batch:
         batch.add_column(sa.Column("version", sa.Integer(), nullable=False, server_default="1"))
         batch.add_column(sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("lease_seconds", sa.Integer(), nullable=True))
         batch.create_index(batch.f("ix_task_lease_expires_at"), ["lease_expires_at"])
-    with op.batch_alter_table("task", **task_table) as batch:
+    with op.batch_alter_table("task", table_kwargs=task_table_kwargs) as batch:
         # The default only filled existing rows; the app always sets it.
         batch.alter_column("version", server_default=None)
 

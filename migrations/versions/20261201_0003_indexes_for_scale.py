@@ -13,6 +13,7 @@ Create Date: 2026-12-01
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -26,12 +27,12 @@ depends_on: str | Sequence[str] | None = None
 PRIORITY_RANK_SQL = (
     "CASE priority WHEN 'low' THEN 1 WHEN 'medium' THEN 2 WHEN 'high' THEN 3 WHEN 'critical' THEN 4 ELSE 0 END"
 )
-TASK_TABLE = {"table_kwargs": {"sqlite_autoincrement": True}}
+TASK_TABLE_KWARGS: dict[str, Any] = {"sqlite_autoincrement": True}
 LIST_ORDERS = ["created_at", "updated_at", "priority_rank", "due_date"]
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("task", **TASK_TABLE) as batch:
+    with op.batch_alter_table("task", table_kwargs=TASK_TABLE_KWARGS) as batch:
         batch.add_column(
             sa.Column(
                 "priority_rank", sa.SmallInteger(), sa.Computed(PRIORITY_RANK_SQL, persisted=True), nullable=False
@@ -65,6 +66,6 @@ def downgrade() -> None:
     for key in LIST_ORDERS:
         op.drop_index(f"ix_task_project_slug_{key}_id", table_name="task")
     op.drop_index("ix_task_created_at_id", table_name="task")
-    with op.batch_alter_table("task", **TASK_TABLE) as batch:
+    with op.batch_alter_table("task", table_kwargs=TASK_TABLE_KWARGS) as batch:
         batch.create_index("ix_task_project_slug", ["project_slug"])
         batch.drop_column("priority_rank")

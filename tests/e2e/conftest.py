@@ -23,8 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from config import Settings
-from main import create_app
-from tests.e2e.harness import (
+from e2e.harness import (
     BETTER_AUTH_DIRECTORY,
     LOOPBACK,
     BetterAuthFactory,
@@ -32,6 +31,7 @@ from tests.e2e.harness import (
     OfflinePage,
     unavailable,
 )
+from main import create_app
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Request, Route
@@ -126,7 +126,7 @@ def taskflow_for(
                 monkeypatch.delenv(name, raising=False)
             monkeypatch.setenv("AUTH_SERVER_URL", server.base_url)
             settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
+                _env_file=None,
                 database_url=database_url,
                 auto_migrate=False,
                 dev_key_file=str(tmp_path / "dev-key.pem"),

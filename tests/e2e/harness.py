@@ -25,6 +25,7 @@ import jwt
 import pytest
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
+from support import free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -43,13 +44,6 @@ def unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set: the end-to-end tests may not be skipped)", pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def decode_jwt(token: str) -> tuple[dict[str, Any], dict[str, Any]]:

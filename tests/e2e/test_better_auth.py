@@ -6,23 +6,23 @@ TaskFlow is told about the server only through AUTH_SERVER_URL (see `taskflow_fo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, select
+from support import app_of
 
 from auth import JWKSVerifier
+from e2e.harness import BetterAuthFactory, BetterAuthServer, decode_jwt
 from models import AuditLog, Worker
-from tests.e2e.harness import BetterAuthFactory, BetterAuthServer, decode_jwt
 
 TaskFlowFor = Callable[[BetterAuthServer], TestClient]
 
 
 def verifier_of(client: TestClient) -> JWKSVerifier:
-    verifier: JWKSVerifier = cast(FastAPI, client.app).state.verifier
+    verifier: JWKSVerifier = app_of(client).state.verifier
     return verifier
 
 

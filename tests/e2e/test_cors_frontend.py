@@ -8,16 +8,16 @@ from a request it let through.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from conftest import TokenFactory
 
 from config import Settings
-from main import create_app
-from tests.e2e.harness import (
+from e2e.harness import (
     FRONTEND_DIRECTORY,
     OfflinePage,
     RecordRequests,
@@ -26,8 +26,8 @@ from tests.e2e.harness import (
     serve,
     static_site,
 )
+from main import create_app
 
-TokenFactory = Callable[..., str]
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 
 

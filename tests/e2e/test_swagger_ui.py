@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 import httpx
+from conftest import TokenFactory
 from fastapi.testclient import TestClient
 
 from config import Settings
+from e2e.harness import OfflinePage, screenshot_path, serve
 from main import create_app
-from tests.e2e.harness import OfflinePage, screenshot_path, serve
 
-TokenFactory = Callable[..., str]
 ASSET = re.compile(r'(?:src|href)="([^"]+)"')
 
 

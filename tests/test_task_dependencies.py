@@ -6,7 +6,6 @@ Project "demo" is owned by alice with bob as a member; project "other" is alice'
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -14,28 +13,26 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
+from conftest import AuthHeaders
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, text
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
+from support import ON_POSTGRESQL, CreateProject, CreateTask, assert_refused, audit_rows
 
-from models import AuditLog, Task, TaskDependency
-
-AuthHeaders = Callable[..., dict[str, str]]
-Factory = Callable[..., dict[str, Any]]
-
-ON_POSTGRESQL = bool(os.environ.get("TEST_DATABASE_URL"))
+from models import Task, TaskDependency
 
 
 @pytest.fixture
-def projects(create_project: Factory) -> None:
+def projects(create_project: CreateProject) -> None:
     create_project("demo", owner="alice", members=["bob"])
     create_project("other", owner="alice", members=["bob"])
     create_project("secret", owner="dave")
 
 
 @pytest.fixture
-def new_task(create_task: Factory, projects: None) -> Callable[..., int]:  # noqa: ARG001
+def new_task(create_task: CreateTask, projects: None) -> Callable[..., int]:  # noqa: ARG001
     def create(title: str = "A task", *, as_user: str = "alice", **fields: Any) -> int:
         fields.setdefault("project_slug", "demo")
         task_id: int = create_task(title, as_user=as_user, **fields)["id"]
@@ -44,11 +41,11 @@ def new_task(create_task: Factory, projects: None) -> Callable[..., int]:  # noq
     return create
 
 
-def add(client: TestClient, auth: AuthHeaders, task_id: int, depends_on: Any, user: str = "bob") -> httpx.Response:
+def add(client: TestClient, auth: AuthHeaders, task_id: int, depends_on: Any, user: str = "bob") -> httpx2.Response:
     return client.post(f"/api/tasks/{task_id}/dependencies", json={"depends_on": depends_on}, headers=auth(user))
 
 
-def remove(client: TestClient, auth: AuthHeaders, task_id: int, other_id: int, user: str = "bob") -> httpx.Response:
+def remove(client: TestClient, auth: AuthHeaders, task_id: int, other_id: int, user: str = "bob") -> httpx2.Response:
     return client.delete(f"/api/tasks/{task_id}/dependencies/{other_id}", headers=auth(user))
 
 
@@ -57,23 +54,10 @@ def edges(db: Engine) -> set[tuple[int, int]]:
         return {(edge.task_id, edge.depends_on_id) for edge in session.exec(select(TaskDependency)).all()}
 
 
-def audit_rows(db: Engine, action: str) -> list[AuditLog]:
-    with Session(db) as session:
-        query = select(AuditLog).where(AuditLog.action == action).order_by(col(AuditLog.id))
-        return list(session.exec(query).all())
-
-
 def drive(client: TestClient, auth: AuthHeaders, task_id: int, *actions: str) -> None:
     for action in actions:
         response = client.post(f"/api/tasks/{task_id}/{action}", headers=auth("alice"))
         assert response.status_code == 200, response.text
-
-
-def assert_refused(response: httpx.Response, status_code: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status_code, response.text
-    body: dict[str, Any] = response.json()
-    assert (body["status_code"], body["code"]) == (status_code, code)
-    return body
 
 
 # ---------------------------------------------------------------- add, list, remove
@@ -99,7 +83,7 @@ def test_adding_a_dependency_writes_a_dependency_added_audit_row(
 
     assert add(client, auth, task_id, first).status_code == 201
 
-    (row,) = audit_rows(db, "dependency.added")
+    (row,) = audit_rows(db, action="dependency.added")
     assert (row.task_id, row.project_slug, row.actor_id, row.actor_type) == (task_id, "demo", "bob", "human")
     assert row.context == {"depends_on": [None, first]}
 
@@ -134,7 +118,7 @@ def test_removing_a_dependency_returns_204_and_writes_a_dependency_removed_audit
     assert response.status_code == 204, response.text
     assert response.content == b""
     assert edges(db) == {(task_id, second)}
-    (row,) = audit_rows(db, "dependency.removed")
+    (row,) = audit_rows(db, action="dependency.removed")
     assert (row.task_id, row.project_slug, row.actor_id) == (task_id, "demo", "alice")
     assert row.context == {"depends_on": [first, None]}
 
@@ -147,7 +131,7 @@ def test_removing_a_dependency_that_does_not_exist_returns_404(
     response = remove(client, auth, task_id, first)
 
     assert_refused(response, 404, "not_found")
-    assert audit_rows(db, "dependency.removed") == []
+    assert audit_rows(db, action="dependency.removed") == []
 
 
 def test_a_removed_dependency_can_be_added_again(
@@ -180,7 +164,7 @@ def test_adding_a_dependency_with_a_task_the_caller_cannot_see_returns_404(
     body = assert_refused(response, 404, "not_found")
     assert body["error"] == f"Task {hidden} not found"
     assert edges(db) == set()
-    assert audit_rows(db, "dependency.added") == []
+    assert audit_rows(db, action="dependency.added") == []
 
 
 @pytest.mark.parametrize("which", ["missing", "invisible"])
@@ -264,7 +248,7 @@ def test_adding_the_same_dependency_twice_returns_409(
 
     assert_refused(response, 409, "conflict")
     assert edges(db) == {(task_id, first)}
-    assert len(audit_rows(db, "dependency.added")) == 1
+    assert len(audit_rows(db, action="dependency.added")) == 1
 
 
 def test_a_dependency_that_would_close_a_two_task_cycle_returns_400(
@@ -292,7 +276,7 @@ def test_a_dependency_that_would_close_a_longer_cycle_returns_400(
     assert_refused(closing_three, 400, "bad_request")
     assert_refused(closing_four, 400, "bad_request")
     assert edges(db) == {(a, b), (b, c), (c, d)}
-    assert len(audit_rows(db, "dependency.added")) == 3
+    assert len(audit_rows(db, action="dependency.added")) == 3
 
 
 def test_a_diamond_is_not_a_cycle(
