@@ -19,7 +19,9 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from conftest import AuthHeaders
 from sqlalchemy import Engine, text
+from support import free_port
 from typer.testing import CliRunner, Result
 
 import devtoken
@@ -70,11 +72,8 @@ def api(live_server: Any) -> Iterator[httpx.Client]:
         yield client
 
 
-Auth = Callable[..., dict[str, str]]
-
-
 @pytest.fixture
-def board(api: httpx.Client, auth: Auth) -> dict[str, Any]:
+def board(api: httpx.Client, auth: AuthHeaders) -> dict[str, Any]:
     """Project `demo` owned by alice, with bob as a member."""
     api.get("/api/tasks", headers=auth("bob"))  # bob's worker row appears on his first request
     created = api.post("/api/projects", json={"slug": "demo", "name": "Demo"}, headers=auth("alice"))
@@ -85,7 +84,7 @@ def board(api: httpx.Client, auth: Auth) -> dict[str, Any]:
     return body
 
 
-def new_task(api: httpx.Client, auth: Auth, title: str, *, user: str = "alice", **fields: Any) -> dict[str, Any]:
+def new_task(api: httpx.Client, auth: AuthHeaders, title: str, *, user: str = "alice", **fields: Any) -> dict[str, Any]:
     response = api.post("/api/tasks", json={"title": title, "project_slug": "demo", **fields}, headers=auth(user))
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
@@ -101,7 +100,7 @@ def output_json(result: Result) -> Any:
 
 
 @pytest.mark.usefixtures("board")
-def test_add_with_every_option_prints_exactly_the_tasks_json(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_add_with_every_option_prints_exactly_the_tasks_json(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     parent = new_task(api, auth, "Release 1.0")
 
     result = cli(
@@ -143,7 +142,9 @@ def test_add_for_people_prints_one_line_naming_the_task(cli: Cli) -> None:
 
 
 @pytest.mark.usefixtures("board")
-def test_show_prints_the_task_for_people_and_the_apis_json_with_json(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_show_prints_the_task_for_people_and_the_apis_json_with_json(
+    cli: Cli, api: httpx.Client, auth: AuthHeaders
+) -> None:
     task = new_task(api, auth, "Fix the [red]login[/red] page", description="Users see a 500")
 
     human = cli("show", str(task["id"]))
@@ -158,7 +159,7 @@ def test_show_prints_the_task_for_people_and_the_apis_json_with_json(cli: Cli, a
 
 @pytest.mark.usefixtures("board")
 def test_list_filters_by_status_priority_assignee_project_parent_and_search(
-    cli: Cli, api: httpx.Client, auth: Auth
+    cli: Cli, api: httpx.Client, auth: AuthHeaders
 ) -> None:
     parent = new_task(api, auth, "Launch", priority="high")
     child = new_task(api, auth, "Draft the launch post", parent_id=parent["id"], assigned_to="bob")
@@ -182,7 +183,7 @@ def test_list_filters_by_status_priority_assignee_project_parent_and_search(
 
 
 @pytest.mark.usefixtures("board")
-def test_list_ready_shows_only_what_the_caller_could_claim(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_list_ready_shows_only_what_the_caller_could_claim(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     free = new_task(api, auth, "Free")
     new_task(api, auth, "Bob's", assigned_to="bob")
     mine = new_task(api, auth, "Mine", assigned_to="alice")
@@ -196,7 +197,9 @@ def test_list_ready_shows_only_what_the_caller_could_claim(cli: Cli, api: httpx.
 
 
 @pytest.mark.usefixtures("board")
-def test_list_for_people_is_a_table_that_says_when_more_tasks_match(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_list_for_people_is_a_table_that_says_when_more_tasks_match(
+    cli: Cli, api: httpx.Client, auth: AuthHeaders
+) -> None:
     for title in ["First task", "Second task", "Third task"]:
         new_task(api, auth, title)
 
@@ -218,7 +221,9 @@ def test_list_with_nothing_to_show_says_so(cli: Cli) -> None:
 
 
 @pytest.mark.usefixtures("board")
-def test_edit_changes_only_the_fields_given_and_clear_empties_fields(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_edit_changes_only_the_fields_given_and_clear_empties_fields(
+    cli: Cli, api: httpx.Client, auth: AuthHeaders
+) -> None:
     task = new_task(api, auth, "Draft", description="Old", due_date="2026-12-01T00:00:00Z", assigned_to="bob")
 
     edited = output_json(
@@ -247,7 +252,7 @@ def test_edit_changes_only_the_fields_given_and_clear_empties_fields(cli: Cli, a
 
 @pytest.mark.usefixtures("board")
 def test_edit_with_the_current_version_succeeds_and_with_a_stale_one_exits_1(
-    cli: Cli, api: httpx.Client, auth: Auth
+    cli: Cli, api: httpx.Client, auth: AuthHeaders
 ) -> None:
     task = new_task(api, auth, "Draft")
     version = str(task["version"])
@@ -268,7 +273,7 @@ def test_edit_with_nothing_to_change_is_a_usage_error(cli: Cli) -> None:
 
 
 @pytest.mark.usefixtures("board")
-def test_delete_removes_the_task(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_delete_removes_the_task(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     task = new_task(api, auth, "Obsolete")
 
     result = cli("delete", str(task["id"]))
@@ -282,7 +287,7 @@ def test_delete_removes_the_task(cli: Cli, api: httpx.Client, auth: Auth) -> Non
 
 
 @pytest.mark.usefixtures("board")
-def test_a_task_goes_through_the_whole_workflow(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_a_task_goes_through_the_whole_workflow(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     task_id = str(new_task(api, auth, "Ship it")["id"])
 
     started = output_json(cli("--json", "start", task_id, "--lease", "300", user="bob"))
@@ -314,7 +319,7 @@ def test_a_task_goes_through_the_whole_workflow(cli: Cli, api: httpx.Client, aut
 
 
 @pytest.mark.usefixtures("board")
-def test_workflow_commands_for_people_print_the_new_state(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_workflow_commands_for_people_print_the_new_state(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     task_id = str(new_task(api, auth, "Ship it")["id"])
 
     started = cli("start", task_id, user="bob")
@@ -330,7 +335,7 @@ def test_workflow_commands_for_people_print_the_new_state(cli: Cli, api: httpx.C
 
 
 @pytest.mark.usefixtures("board")
-def test_release_hands_the_task_back_unassigned(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_release_hands_the_task_back_unassigned(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     task_id = str(new_task(api, auth, "Too hard")["id"])
     assert cli("start", task_id, user="bob").exit_code == 0
 
@@ -340,7 +345,7 @@ def test_release_hands_the_task_back_unassigned(cli: Cli, api: httpx.Client, aut
 
 
 @pytest.mark.usefixtures("board")
-def test_claim_takes_the_most_urgent_ready_task_and_starts_it(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_claim_takes_the_most_urgent_ready_task_and_starts_it(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     new_task(api, auth, "Low", priority="low")
     urgent = new_task(api, auth, "Urgent", priority="critical")
     new_task(api, auth, "Elsewhere", priority="critical", project_slug=None)
@@ -353,7 +358,7 @@ def test_claim_takes_the_most_urgent_ready_task_and_starts_it(cli: Cli, api: htt
 
 
 @pytest.mark.usefixtures("board")
-def test_claim_with_min_priority_skips_less_urgent_tasks(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_claim_with_min_priority_skips_less_urgent_tasks(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     new_task(api, auth, "Low", priority="low")
 
     result = cli("claim", "--min-priority", "high", user="bob")
@@ -374,7 +379,7 @@ def test_claim_with_nothing_ready_says_so_and_exits_0_and_json_prints_null(cli: 
 
 @pytest.mark.usefixtures("board")
 def test_heartbeat_after_the_lease_ran_out_exits_1_with_lease_lost(
-    cli: Cli, api: httpx.Client, auth: Auth, db: Engine
+    cli: Cli, api: httpx.Client, auth: AuthHeaders, db: Engine
 ) -> None:
     task_id = str(new_task(api, auth, "Slow")["id"])
     assert cli("start", task_id, "--lease", "60", user="bob").exit_code == 0
@@ -395,7 +400,7 @@ def test_heartbeat_after_the_lease_ran_out_exits_1_with_lease_lost(
 
 
 @pytest.mark.usefixtures("board")
-def test_deps_add_list_and_rm_and_start_names_the_blockers(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_deps_add_list_and_rm_and_start_names_the_blockers(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     first = new_task(api, auth, "Design")
     second = new_task(api, auth, "Build")
 
@@ -420,7 +425,7 @@ def test_deps_add_list_and_rm_and_start_names_the_blockers(cli: Cli, api: httpx.
 # ---------------------------------------------------------------- projects, members, workers
 
 
-def test_projects_create_list_show_edit_and_delete(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_projects_create_list_show_edit_and_delete(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     created = output_json(cli("--json", "projects", "create", "launch", "Launch", "--description", "Q4"))
     assert (created["slug"], created["name"], created["description"]) == ("launch", "Launch", "Q4")
 
@@ -441,7 +446,7 @@ def test_projects_create_list_show_edit_and_delete(cli: Cli, api: httpx.Client, 
 
 
 @pytest.mark.usefixtures("board")
-def test_members_add_list_role_and_rm(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_members_add_list_role_and_rm(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     api.get("/api/tasks", headers=auth("carol"))
 
     added = output_json(cli("--json", "members", "add", "demo", "carol"))
@@ -458,7 +463,7 @@ def test_members_add_list_role_and_rm(cli: Cli, api: httpx.Client, auth: Auth) -
     assert sorted(member["worker_id"] for member in members) == ["alice", "bob"]
 
 
-def test_workers_register_list_show_and_edit_an_agent(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_workers_register_list_show_and_edit_an_agent(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     api.get("/api/tasks", headers=auth("alice"))
 
     registered = output_json(
@@ -504,7 +509,7 @@ def test_workers_register_list_show_and_edit_an_agent(cli: Cli, api: httpx.Clien
 
 
 def test_registering_someone_else_without_being_admin_exits_1_with_the_apis_message(
-    cli: Cli, api: httpx.Client, auth: Auth
+    cli: Cli, api: httpx.Client, auth: AuthHeaders
 ) -> None:
     expected = api.post("/api/workers", json={"id": "@x", "type": "agent", "name": "X"}, headers=auth("alice")).json()
 
@@ -518,7 +523,7 @@ def test_registering_someone_else_without_being_admin_exits_1_with_the_apis_mess
 # ---------------------------------------------------------------- errors and exit codes
 
 
-def test_an_api_error_shows_the_apis_message_as_is_and_exits_1(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_an_api_error_shows_the_apis_message_as_is_and_exits_1(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     expected = api.get("/api/tasks/999", headers=auth("alice")).json()
 
     result = cli("show", "999")
@@ -529,7 +534,9 @@ def test_an_api_error_shows_the_apis_message_as_is_and_exits_1(cli: Cli, api: ht
     assert result.stdout == ""
 
 
-def test_an_api_error_with_json_prints_the_apis_error_body_on_stderr(cli: Cli, api: httpx.Client, auth: Auth) -> None:
+def test_an_api_error_with_json_prints_the_apis_error_body_on_stderr(
+    cli: Cli, api: httpx.Client, auth: AuthHeaders
+) -> None:
     expected = api.get("/api/tasks/999", headers=auth("alice")).json()
 
     result = cli("--json", "show", "999")
@@ -547,7 +554,7 @@ def test_a_rejected_token_exits_1_with_the_apis_message(cli: Cli) -> None:
 
 
 def test_an_unreachable_server_exits_1_naming_the_url(cli: Cli) -> None:
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
 
     result = cli("list", env={"TASKFLOW_URL": url})
 
@@ -569,7 +576,7 @@ def test_an_unreachable_server_exits_1_naming_the_url(cli: Cli) -> None:
     ],
 )
 def test_wrong_usage_exits_2_without_calling_the_api(cli: Cli, args: list[str]) -> None:
-    result = cli(*args, env={"TASKFLOW_URL": f"http://127.0.0.1:{closed_port()}"})
+    result = cli(*args, env={"TASKFLOW_URL": f"http://127.0.0.1:{free_port()}"})
 
     assert result.exit_code == 2, result.output
 
@@ -609,7 +616,7 @@ def test_login_stores_url_and_token_readable_only_by_the_owner_and_later_command
 
 
 def test_flags_and_environment_win_over_the_stored_login(cli: Cli, make_token: Callable[..., str]) -> None:
-    dead = f"http://127.0.0.1:{closed_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     assert cli("login", "--url", dead, "--token", make_token("alice")).exit_code == 0
 
     by_environment = cli("--json", "add", "Env wins", user="bob")
@@ -715,7 +722,7 @@ class FlakyNetwork(httpx.BaseTransport):
 
 
 def test_a_post_whose_answer_was_lost_is_resent_with_the_same_idempotency_key_and_done_once(
-    live_server: Any, api: httpx.Client, auth: Auth, make_token: Callable[..., str]
+    live_server: Any, api: httpx.Client, auth: AuthHeaders, make_token: Callable[..., str]
 ) -> None:
     network = FlakyNetwork()
 
@@ -763,13 +770,3 @@ def test_the_installed_taskflow_script_runs_with_the_documented_exit_codes(
     assert missing.returncode == 1
     assert "not_found" in missing.stderr
     assert wrong.returncode == 2
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port

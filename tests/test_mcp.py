@@ -20,9 +20,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from conftest import AuthHeaders
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, TextContent
 from sqlalchemy import Engine, text
+from support import free_port
 
 from taskflow_client import TaskFlowClient
 from taskflow_mcp import bind, task
@@ -45,7 +47,6 @@ TOOLS = {
 }
 AGENT = "@agent-x"
 
-Auth = Callable[..., dict[str, str]]
 Scenario = Callable[[Client], Awaitable[None]]
 
 
@@ -56,7 +57,7 @@ def api(live_server: Any) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def board(api: httpx.Client, auth: Auth) -> None:
+def board(api: httpx.Client, auth: AuthHeaders) -> None:
     """Agent @agent-x (registered by an admin, owned by alice) is a member of alice's project `demo`."""
     api.get("/api/tasks", headers=auth("alice"))
     registered = api.post(
@@ -103,7 +104,7 @@ def message(result: CallToolResult) -> str:
     return block.text
 
 
-def new_task(api: httpx.Client, auth: Auth, title: str, **fields: Any) -> dict[str, Any]:
+def new_task(api: httpx.Client, auth: AuthHeaders, title: str, **fields: Any) -> dict[str, Any]:
     response = api.post("/api/tasks", json={"title": title, "project_slug": "demo", **fields}, headers=auth("alice"))
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
@@ -133,7 +134,7 @@ def test_the_server_offers_every_tool_described_for_a_language_model(run_mcp: Ca
 
 @pytest.mark.usefixtures("board")
 def test_an_agent_works_the_board_through_every_tool(
-    run_mcp: Callable[..., None], api: httpx.Client, auth: Auth
+    run_mcp: Callable[..., None], api: httpx.Client, auth: AuthHeaders
 ) -> None:
     urgent = new_task(api, auth, "Fix the outage", priority="critical")
     other = new_task(api, auth, "Tidy the wiki", priority="low")
@@ -250,7 +251,7 @@ def test_a_tool_that_does_not_take_the_client_first_is_refused_at_registration()
 
 @pytest.mark.usefixtures("board")
 def test_api_errors_come_back_as_tool_errors_with_the_apis_message_and_code(
-    run_mcp: Callable[..., None], api: httpx.Client, auth: Auth
+    run_mcp: Callable[..., None], api: httpx.Client, auth: AuthHeaders
 ) -> None:
     missing = api.get("/api/tasks/999", headers=auth("alice")).json()
     task = new_task(api, auth, "Someone else's", assigned_to="alice")
@@ -282,7 +283,7 @@ def test_api_errors_come_back_as_tool_errors_with_the_apis_message_and_code(
 
 @pytest.mark.usefixtures("board")
 def test_a_lost_lease_is_a_lease_lost_tool_error_telling_the_agent_to_stop(
-    run_mcp: Callable[..., None], api: httpx.Client, auth: Auth, db: Engine
+    run_mcp: Callable[..., None], api: httpx.Client, auth: AuthHeaders, db: Engine
 ) -> None:
     task = new_task(api, auth, "Slow work")
 
@@ -330,7 +331,7 @@ def test_without_url_or_token_the_server_refuses_to_start(tmp_path: Path) -> Non
 
 @pytest.mark.usefixtures("board")
 def test_with_http_the_server_speaks_streamable_http(
-    live_server: Any, make_token: Callable[..., str], api: httpx.Client, auth: Auth, tmp_path: Path
+    live_server: Any, make_token: Callable[..., str], api: httpx.Client, auth: AuthHeaders, tmp_path: Path
 ) -> None:
     task = new_task(api, auth, "Over HTTP")
     port = free_port()
@@ -353,13 +354,6 @@ def test_with_http_the_server_speaks_streamable_http(
         process.terminate()
         process.wait(timeout=30)
         log.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from conftest import AuthHeaders
 from mcp import Client, StdioServerParameters
 from typer.testing import CliRunner
 
@@ -25,7 +26,6 @@ AGENT = "@agent-x"
 TASKFLOW_MCP = Path(sys.executable).parent / "taskflow-mcp"
 CHANNELS = ["rest", "cli", "mcp"]
 
-Auth = Callable[..., dict[str, str]]
 # What each channel is handed: the project's slug and the ids of the tasks alice prepared.
 Workflow = Callable[[str, dict[str, int]], None]
 
@@ -36,7 +36,7 @@ def api(live_server: Any) -> Iterator[httpx.Client]:
         yield client
 
 
-def prepare(api: httpx.Client, auth: Auth, slug: str) -> dict[str, int]:
+def prepare(api: httpx.Client, auth: AuthHeaders, slug: str) -> dict[str, int]:
     """Project `slug` of alice's with the agent as a member, and two tasks for it to find."""
     created = api.post("/api/projects", json={"slug": slug, "name": slug.title()}, headers=auth("alice"))
     assert created.status_code == 201, created.text
@@ -53,7 +53,7 @@ def prepare(api: httpx.Client, auth: Auth, slug: str) -> dict[str, int]:
 
 
 def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
-    live_server: Any, api: httpx.Client, auth: Auth, make_token: Callable[..., str], tmp_path: Path
+    live_server: Any, api: httpx.Client, auth: AuthHeaders, make_token: Callable[..., str], tmp_path: Path
 ) -> None:
     api.get("/api/tasks", headers=auth("alice"))
     registered = api.post(
@@ -193,7 +193,7 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
 VOLATILE = {"id", "project_slug", "created_at", "updated_at", "lease_expires_at", "timestamp", "request_id", "task_id"}
 
 
-def outcome(api: httpx.Client, auth: Auth, slug: str) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+def outcome(api: httpx.Client, auth: AuthHeaders, slug: str) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """The project's tasks by title and their audit trails, without ids, slugs and times."""
     tasks = api.get("/api/tasks", params={"project": slug, "limit": 100}, headers=auth("alice")).json()
     states = {task["title"]: {k: v for k, v in task.items() if k not in VOLATILE} for task in tasks}
