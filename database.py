@@ -167,7 +167,7 @@ def driver_detail(error: exc.DBAPIError) -> str:
         diagnostics = getattr(cause, "diag", None)
         constraint = getattr(diagnostics, "constraint_name", None)
         table = getattr(diagnostics, "table_name", None)
-        where = f"constraint {constraint} on {table}, " if constraint else ""
+        where = f"constraint {constraint}{f' on {table}' if table else ''}, " if constraint else ""
         return f"{where}SQLSTATE {sqlstate}: {_first_line(cause)}"
     name = getattr(cause, "sqlite_errorname", None)
     return f"{name}: {_first_line(cause)}" if name else _first_line(cause)

@@ -369,7 +369,7 @@ class TaskFlowRoute(APIRoute):
             pass
         elif isinstance(content, dict) or (isinstance(content, list) and content and isinstance(content[0], dict)):
             # Plain dicts are rows a service read from the database in the response model's shape
-            # (services.as_read): validating fifty of them would cost more than the query. A test
+            # (workflow.as_read): validating fifty of them would cost more than the query. A test
             # holds their JSON to the model's own (tests/test_request_cost.py).
             body = to_json(content)
         elif self.response_field is not None:

@@ -146,6 +146,7 @@ class ServiceUnavailable(TaskFlowError):
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
+# The direct subclasses, in the order they are defined above: a new code is a new class here.
 ERRORS: tuple[type[TaskFlowError], ...] = tuple(TaskFlowError.__subclasses__())
 # Every code a client can meet, and what it means, for the OpenAPI description and the README.
 ERROR_CODES: dict[str, str] = {error.code: f"{error.status_code}: {error.__doc__}" for error in ERRORS}

@@ -46,21 +46,26 @@ import audit
 import workflow
 from access import (
     CALLER,
-    MY_PROJECT_SLUGS,
     SYSTEM,
     VISIBLE_TO_CALLER,
     Actor,
     check_assignee,
-    is_task_owner,
+    check_worker_change,
+    is_member,
     member_role,
+    my_loose_task,
+    my_project_slugs,
     require_creator_or_owner,
+    require_holder_or_owner,
+    require_owner_unless_leaving,
     require_project_owner,
+    require_self_or_admin,
     visible_audit,
     visible_project,
     visible_task,
 )
 from database import advisory_lock, connection_of
-from errors import BadRequest, Conflict, Forbidden, NotFound
+from errors import BadRequest, Conflict, NotFound
 from models import (
     MAX_ID,
     PRIORITY_RANK,
@@ -103,12 +108,13 @@ from workflow import (
     as_read,
     expire_lease,
     expire_leases,
+    free_for,
     has_run_out,
     lease_ran_out,
     ready,
     save,
     status_is,
-    unfinished_dependency,
+    waits_for_nothing,
 )
 
 Statement = TypeVar("Statement", Select[Any], SelectOfScalar[Any])
@@ -183,8 +189,7 @@ def get_worker(session: Session, _actor: Actor, worker_id: str) -> Worker:
 
 
 def register_worker(session: Session, actor: Actor, data: WorkerCreate) -> Worker:
-    if not actor.is_admin and data.id != actor.id:
-        raise Forbidden("You may register only your own worker id; an admin registers others, such as agents")
+    require_self_or_admin(actor, data.id)
     if data.id == SYSTEM.id or session.get(Worker, data.id) is not None:
         raise Conflict(f"Worker '{data.id}' is already registered")
     if data.type == WorkerType.system:
@@ -200,13 +205,7 @@ def register_worker(session: Session, actor: Actor, data: WorkerCreate) -> Worke
 def update_worker(session: Session, actor: Actor, worker_id: str, data: WorkerUpdate) -> Worker:
     worker = get_worker(session, actor, worker_id)
     fields = data.model_dump(exclude_unset=True)
-    if not actor.is_admin:
-        if worker.id != actor.id:
-            raise Forbidden("You may change only your own worker")
-        if "type" in fields and fields["type"] != worker.type:
-            raise Forbidden("Only an admin may change a worker's type")
-        if "owner_id" in fields and fields["owner_id"] != worker.owner_id:
-            raise Forbidden("Only an admin may change who is accountable for an agent")
+    check_worker_change(actor, worker, fields)
     if fields.get("type") == WorkerType.system:
         raise BadRequest("No worker can become the system")
     if fields.get("type", worker.type) != WorkerType.human and worker.type == WorkerType.human:
@@ -349,8 +348,7 @@ def update_member(session: Session, actor: Actor, slug: str, worker_id: str, dat
 
 def remove_member(session: Session, actor: Actor, slug: str, worker_id: str) -> None:
     project = get_project(session, actor, slug, for_update=True)
-    if worker_id != actor.id:  # anyone may leave; only owners remove others
-        require_project_owner(session, actor, project.slug)
+    require_owner_unless_leaving(session, actor, project.slug, worker_id)
     member = _get_member(session, slug, worker_id)
     if member.role == ProjectRole.owner and _owner_count(session, slug) == 1:
         raise Conflict(f"'{worker_id}' is the last owner of '{slug}' and cannot be removed")
@@ -404,7 +402,7 @@ def _by_role_and_lock(mine: Statement, every: Statement) -> dict[tuple[bool, boo
 _TASK = select(*TASK_COLUMNS).where(TASK_TABLE.c.id == bindparam("task_id", type_=Integer()))
 _GET_TASK = _by_role_and_lock(_TASK.where(VISIBLE_TO_CALLER), _TASK)
 _PROJECT = select(Project).where(col(Project.slug) == bindparam("slug", type_=String()))
-_MY_PROJECT = _PROJECT.where(col(Project.slug).in_(MY_PROJECT_SLUGS))
+_MY_PROJECT = _PROJECT.where(col(Project.slug).in_(my_project_slugs(CALLER)))
 _GET_PROJECT = _by_role_and_lock(_MY_PROJECT, _PROJECT)
 
 
@@ -602,13 +600,9 @@ def _visible_union(
     their tasks without a project. Each part is a range scan of a (project, sort key, id) index,
     so the cost is the number of projects times the page, never the size of the table."""
     columns = _ID_ONLY if count_only else _UNION_COLUMNS
-    mine = select(ProjectMember.project_slug).where(col(ProjectMember.worker_id) == CALLER).subquery("mine")
+    mine = my_project_slugs(CALLER).subquery("mine")
     in_project = select(*columns).where(TASK_TABLE.c.project_slug == mine.c.project_slug, *conditions)
-    loose = select(*columns).where(
-        TASK_TABLE.c.project_slug.is_(None),
-        or_(TASK_TABLE.c.created_by == CALLER, TASK_TABLE.c.assigned_to == CALLER),
-        *conditions,
-    )
+    loose = select(*columns).where(my_loose_task(CALLER), *conditions)
     if order is not None:
         in_project, loose = in_project.order_by(*order), loose.order_by(*order)
     per_project = in_project.limit(limit).lateral("per_project")
@@ -697,11 +691,7 @@ _TASKS_PROJECT = bindparam("project_slug", type_=String())
 _INSERT_TASK = {
     (False, False): _insert_task(None),
     (False, True): _insert_task(None),
-    (True, False): _insert_task(
-        select(ProjectMember.project_slug).where(
-            col(ProjectMember.project_slug) == _TASKS_PROJECT, col(ProjectMember.worker_id) == CALLER
-        )
-    ),
+    (True, False): _insert_task(is_member(_TASKS_PROJECT, CALLER)),
     (True, True): _insert_task(select(Project.slug).where(col(Project.slug) == _TASKS_PROJECT)),
 }
 
@@ -757,8 +747,8 @@ def update_task(
     fields = data.model_dump(exclude_unset=True)
     target_status = fields.pop("status", task.status)
 
-    if fields.get("assigned_to", task.assigned_to) != task.assigned_to:
-        _check_reassign(session, actor, task)
+    if fields.get("assigned_to", task.assigned_to) != task.assigned_to and task.status in workflow.WORK_UNDER_WAY:
+        require_holder_or_owner(session, actor, task)
     if "project_slug" in fields and fields["project_slug"] != task.project_slug:
         _check_move(session, actor, task, fields["project_slug"])
     # The checks below query the database: the task must not be flushed with values not yet checked.
@@ -777,15 +767,6 @@ def update_task(
     if not audit.changed(before, task.values()):
         return task  # nothing changed: no new version, no audit row
     return save(session, actor, task, before, AuditAction.task_updated, {})
-
-
-def _check_reassign(session: Session, actor: Actor, task: TaskRecord) -> None:
-    """Work under way changes hands only by its holder or a project owner, never by a grab."""
-    if task.status in workflow.WORK_UNDER_WAY and task.assigned_to not in {None, actor.id}:
-        if not is_task_owner(session, actor, task):
-            raise Forbidden(
-                f"Task {task.id} is being worked on by '{task.assigned_to}'; only they or an owner reassign it"
-            )
 
 
 def _check_move(session: Session, actor: Actor, task: TaskRecord, project_slug: str | None) -> None:
@@ -929,19 +910,8 @@ _CLAIMABLE = sa_select(
     .label("lost_lease"),
     # Whether any lease has run out: then the pick is made again once they are handed back. Asked
     # here rather than by a statement of its own, since it is almost always no.
-    sa_select(_EXPIRED.c.id)
-    .where(
-        _EXPIRED.c.status == TaskStatus.in_progress,
-        _EXPIRED.c.lease_expires_at.is_not(None),
-        _EXPIRED.c.lease_expires_at <= _NOW,
-    )
-    .exists()
-    .label("leases_ran_out"),
-).where(
-    col(Task.status) == TaskStatus.pending,
-    or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == CALLER),
-    ~unfinished_dependency(Task.id).exists(),
-)
+    sa_select(_EXPIRED.c.id).where(lease_ran_out(_NOW, _EXPIRED.c)).exists().label("leases_ran_out"),
+).where(free_for(CALLER), waits_for_nothing())
 # By whether the caller is an admin, who may claim any task.
 _CLAIMABLE_BY = {False: _CLAIMABLE.where(VISIBLE_TO_CALLER), True: _CLAIMABLE}
 _CLAIM_ORDER = (
@@ -987,7 +957,9 @@ def claim_task(session: Session, actor: Actor, request: ClaimRequest) -> TaskRec
     task, had_lost_lease = TaskRecord.from_row(picked._mapping), picked.lost_lease
     before = task.values()
     task.lease_seconds = request.lease_seconds
-    workflow.move(session, actor, task, workflow.Move(TaskStatus.in_progress, "claim", lost_lease=had_lost_lease))
+    workflow.move(
+        session, actor, task, workflow.Move(TaskStatus.in_progress, "claim", claiming=True, lost_lease=had_lost_lease)
+    )
     return save(session, actor, task, before, AuditAction.task_claimed, {})
 
 

@@ -1,9 +1,11 @@
 """The task state machine, leases and readiness: how a task moves, and who may move it.
 
-`TRANSITIONS` is the one statement of which status changes exist; every action and a PATCH of
-`status` go through `move`, which asks who may (`_WHO_MAY`) and then does what happens. The
-actions the API offers (`ACTIONS`) are one shape: where they may start from is derived from the
-table. A task is read and changed as a `TaskRecord`; `save` writes a change with its audit row.
+`TRANSITIONS` is the one statement of which status changes exist; every status change (an
+action's, a claim's or a PATCH of `status`) goes through `move`, which asks who may (`_WHO_MAY`)
+and then does what happens. The actions the API offers are one shape, `Action`: where each may
+start from is derived from the table (progress and heartbeat, which change no status, work on a
+task in progress). A task is read and changed as a `TaskRecord`; `save` writes a change with its
+audit row.
 """
 
 from __future__ import annotations
@@ -19,12 +21,20 @@ from sqlalchemy import ColumnElement, Integer, and_, bindparam, delete, or_
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 import audit
 import telemetry
-from access import SYSTEM, Actor, check_assignee, require_assignee, require_assignee_or_owner
+from access import (
+    SYSTEM,
+    Actor,
+    check_assignee,
+    require_assignee,
+    require_assignee_or_owner,
+    require_unassigned_or_mine,
+)
 from database import connection_of
-from errors import BadRequest, Forbidden, InvalidTransition, LeaseLost, PreconditionFailed, UnfinishedDependencies
+from errors import BadRequest, InvalidTransition, LeaseLost, PreconditionFailed, UnfinishedDependencies
 from models import TASK_TABLE, AuditAction, LostLease, Task, TaskDependency, TaskRead, TaskStatus, UTCDateTime, utc_now
 
 # ---------------------------------------------------------------- the task as the workflow changes it
@@ -158,13 +168,10 @@ class Move:
     target: TaskStatus
     verb: str
     reason: str | None = None
-    # A claim has already picked a task with no unfinished dependency, and says whether the
-    # caller had lost a lease on it; None: ask.
-    lost_lease: bool | None = None
-
-    @property
-    def claiming(self) -> bool:
-        return self.lost_lease is not None
+    # A claim has already picked a task with no unfinished dependency, and knows whether the
+    # caller had lost a lease on it.
+    claiming: bool = False
+    lost_lease: bool = False
 
 
 def unblock_target(task: TaskRecord) -> TaskStatus:
@@ -173,8 +180,7 @@ def unblock_target(task: TaskRecord) -> TaskStatus:
 
 
 def _may_start(session: Session, actor: Actor, task: TaskRecord, move: Move) -> None:
-    if task.assigned_to not in {None, actor.id} and not actor.is_admin:
-        raise Forbidden(f"Task {task.id} is assigned to '{task.assigned_to}'")
+    require_unassigned_or_mine(actor, task)
     blockers = [] if move.claiming else unfinished_dependencies(session, task)
     if blockers:
         raise UnfinishedDependencies(f"Task {task.id} depends on unfinished task(s) {', '.join(map(str, blockers))}")
@@ -233,7 +239,7 @@ def move(session: Session, actor: Actor, task: TaskRecord, requested: Move) -> N
         if transition == Transition.start:
             task.assigned_to = actor.id
             # Whoever lost an earlier claim on this task has it again.
-            if requested.lost_lease is not False:
+            if not requested.claiming or requested.lost_lease:
                 session.execute(
                     delete(LostLease).where(col(LostLease.task_id) == task.id, col(LostLease.worker_id) == actor.id)
                 )
@@ -377,16 +383,23 @@ def renew_lease(task: TaskRecord) -> None:
         task.lease_expires_at = lease_end(task.lease_seconds)
 
 
+# A lease has run out when work in progress has a lease that ended: in Python, and in SQL.
+
+
+def ran_out(status: str, lease_expires_at: datetime | None, now: datetime) -> bool:
+    return status == TaskStatus.in_progress and lease_expires_at is not None and lease_expires_at <= now
+
+
 def has_run_out(task: TaskRecord, now: datetime) -> bool:
-    return task.status == TaskStatus.in_progress and task.lease_expires_at is not None and task.lease_expires_at <= now
+    return ran_out(task.status, task.lease_expires_at, now)
 
 
-def lease_ran_out(now: Any) -> ColumnElement[bool]:
+def lease_ran_out(now: Any, columns: Any = TASK_TABLE.c) -> ColumnElement[bool]:
     # Never NULL, so that its negation is true for a task without a lease.
     return and_(
-        TASK_TABLE.c.status == TaskStatus.in_progress,
-        TASK_TABLE.c.lease_expires_at.is_not(None),
-        TASK_TABLE.c.lease_expires_at <= now,
+        columns.status == TaskStatus.in_progress,
+        columns.lease_expires_at.is_not(None),
+        columns.lease_expires_at <= now,
     )
 
 
@@ -418,8 +431,7 @@ def as_read(task: Mapping[str, Any] | RowMapping | TaskRecord, now: datetime) ->
         read = task
     else:
         read = dict(task)
-    lease_end = read["lease_expires_at"]
-    if read["status"] == TaskStatus.in_progress and lease_end is not None and lease_end <= now:
+    if ran_out(read["status"], read["lease_expires_at"], now):
         read.update(
             status=TaskStatus.pending,
             assigned_to=None,
@@ -446,11 +458,7 @@ def expire_lease(session: Session, task: TaskRecord) -> None:
 
 _EXPIRED_LEASES = (
     select(*TASK_COLUMNS)
-    .where(
-        TASK_TABLE.c.status == TaskStatus.in_progress,
-        TASK_TABLE.c.lease_expires_at.is_not(None),
-        TASK_TABLE.c.lease_expires_at <= bindparam("now", type_=UTCDateTime()),
-    )
+    .where(lease_ran_out(bindparam("now", type_=UTCDateTime())))
     .order_by(TASK_TABLE.c.lease_expires_at, TASK_TABLE.c.id)
     .limit(bindparam("limit", type_=Integer()))
     .with_for_update(skip_locked=True, key_share=True)
@@ -474,7 +482,7 @@ def expire_leases(session: Session, *, limit: int) -> int:
 # ---------------------------------------------------------------- readiness
 
 
-def unfinished_dependency(task_id: Any) -> Any:
+def unfinished_dependency(task_id: Any) -> SelectOfScalar[int]:
     """The tasks `task_id` depends on that are not completed."""
     blocker = aliased(Task)
     return (
@@ -488,15 +496,18 @@ def unfinished_dependencies(session: Session, task: TaskRecord) -> list[int]:
     return list(session.exec(unfinished_dependency(task.id).order_by(col(TaskDependency.depends_on_id))).all())
 
 
-def ready(caller: Any, now: Any) -> ColumnElement[bool]:
-    """Claimable by `caller`: pending (or its lease ran out), unassigned or theirs, and nothing it waits for is unfinished."""
+def free_for(caller: Any) -> ColumnElement[bool]:
+    """Pending, and unassigned or assigned to `caller`."""
     return and_(
-        or_(
-            and_(
-                col(Task.status) == TaskStatus.pending,
-                or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == caller),
-            ),
-            lease_ran_out(now),
-        ),
-        ~unfinished_dependency(Task.id).exists(),
+        col(Task.status) == TaskStatus.pending, or_(col(Task.assigned_to).is_(None), col(Task.assigned_to) == caller)
     )
+
+
+def waits_for_nothing() -> ColumnElement[bool]:
+    """No task the task depends on is unfinished."""
+    return ~unfinished_dependency(Task.id).exists()
+
+
+def ready(caller: Any, now: Any) -> ColumnElement[bool]:
+    """Claimable by `caller`: free for them (or its lease ran out), and nothing it waits for is unfinished."""
+    return and_(or_(free_for(caller), lease_ran_out(now)), waits_for_nothing())

@@ -19,7 +19,7 @@ SERVER_LAYERS: list[set[str]] = [
     # Foundations: they import no TaskFlow module.
     {"config", "models", "errors", "auth", "database", "devtoken", "swagger_ui"},
     {"telemetry", "audit"},
-    # The access policy; limits and idempotency, which know the database but no rule.
+    # The access policy; rate limits and idempotency keys, which apply to every request alike.
     {"access", "ratelimit", "idempotency"},
     {"workflow"},
     {"services", "sweeper"},
