@@ -1,8 +1,13 @@
-"""Shared fixtures: a real database per test, real keys, a real JWKS over HTTP, real tokens.
+"""Shared fixtures: a real database, real keys, a real JWKS over HTTP, real tokens, a real app.
 
-The database is a fresh SQLite file per test, or PostgreSQL when TEST_DATABASE_URL is
-set: then one database is created for the run (and dropped after it) and every test
-starts from empty tables.
+Each test process (one per pytest-xdist worker) has a migrated database of its own: a SQLite
+file, or, when TEST_DATABASE_URL is set, a PostgreSQL database created for the run and dropped
+after it. Every test starts from its tables emptied and its sequences reset.
+
+The `client` fixture keeps an app running from one test to the next when the test's settings
+are ones a reset can make as good as new (`AppPool`): building an app and running its lifespan
+costs more than most tests. Each test still gets a fresh token verifier, known-workers cache,
+outage log, logging configuration and connection pool; an app a test left changed is not reused.
 """
 
 from __future__ import annotations
@@ -10,10 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,27 +28,51 @@ from typing import Any
 
 import jwt
 import pytest
+from anyio.to_thread import current_default_thread_limiter
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
+import main
+import telemetry
+from auth import JWKSVerifier
 from config import Settings
 from database import create_db_engine, migrate, normalize_database_url
+from dependencies import KnownWorkers
 from main import create_app
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
-TABLES = [
-    "audit_log",
-    "idempotency_key",
-    "lost_lease",
-    "task_dependency",
-    "project_member",
-    "task",
-    "project",
-    "worker",
-]
+E2E_DIRECTORY = Path(__file__).parent / "e2e"
+
+
+# ---------------------------------------------------------------- running under pytest-xdist
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    if not pluginmanager.has_plugin("xdist"):
+        # With xdist turned off (-p no:xdist) the -n and --dist in addopts must still parse.
+        parser.addoption("--numprocesses", dest="numprocesses", help="ignored: pytest-xdist is off")
+        parser.addoption("--dist", dest="dist", help="ignored: pytest-xdist is off")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here too, so that --strict-markers accepts it when xdist is off (-p no:xdist).
+    config.addinivalue_line("markers", "xdist_group(name): tests that run in one worker, one after another")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "redis_url" in getattr(item, "fixturenames", ()):
+            # Each of these tests deletes every caller key the Redis tests make when it ends, which
+            # would reset the budget of one running at that moment in another worker.
+            item.add_marker(pytest.mark.xdist_group("redis"))
+        elif item.path.is_relative_to(E2E_DIRECTORY):
+            # One set of Better Auth servers and one Chromium, not one per worker.
+            item.add_marker(pytest.mark.xdist_group("e2e"))
 
 
 # ---------------------------------------------------------------- keys and the JWKS server
@@ -198,15 +227,16 @@ def auth(make_token: TokenFactory) -> AuthHeaders:
 
 @pytest.fixture(scope="session")
 def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A migrated database for the whole run: a SQLite file to copy, or a fresh PostgreSQL database."""
+    """The URL of this test process's migrated database: a SQLite file, or a PostgreSQL database of its own."""
     if TEST_DATABASE_URL is None:
-        path = tmp_path_factory.mktemp("template") / "taskflow.db"
-        engine = create_db_engine(f"sqlite:///{path}")
+        url = f"sqlite:///{tmp_path_factory.mktemp('database') / 'taskflow.db'}"
+        engine = create_db_engine(url)
         migrate(engine)
         engine.dispose()
-        yield str(path)
+        yield url
         return
     admin_url = make_url(normalize_database_url(TEST_DATABASE_URL))
+    # A name per run and worker: runs and xdist workers on one server never share a database.
     name = f"taskflow_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -223,17 +253,35 @@ def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         admin.dispose()
 
 
-@pytest.fixture
-def database_url(database_template: str, tmp_path: Path) -> str:
-    """An empty, migrated database for this test."""
-    if TEST_DATABASE_URL is None:
-        path = tmp_path / "taskflow.db"
-        shutil.copyfile(database_template, path)
-        return f"sqlite:///{path}"
+@pytest.fixture(scope="session")
+def tables(database_template: str) -> list[str]:
+    """Every table the migrations made but alembic's own: what a test may have written to."""
     engine = create_db_engine(database_template)
-    with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-    engine.dispose()
+    try:
+        names = inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    return [name for name in names if name not in {"alembic_version", "sqlite_sequence"}]
+
+
+@pytest.fixture
+def database_url(database_template: str, tables: list[str]) -> str:
+    """An empty, migrated database for this test (emptied before it, so a failed test leaves its rows to look at)."""
+    engine = create_db_engine(database_template)
+    try:
+        with engine.begin() as connection:
+            if TEST_DATABASE_URL is None:
+                # Checked at commit, when no row is left to point anywhere, so the order does not matter.
+                connection.execute(text("PRAGMA defer_foreign_keys = ON"))
+                for table in tables:
+                    connection.execute(text(f'DELETE FROM "{table}"'))
+                connection.execute(text("DELETE FROM sqlite_sequence"))  # AUTOINCREMENT ids start at 1 again
+            else:
+                # TRUNCATE, not DELETE: the audit log's trigger refuses deletes.
+                quoted = ", ".join(f'"{table}"' for table in tables)
+                connection.execute(text(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE"))
+    finally:
+        engine.dispose()
     return database_template
 
 
@@ -264,7 +312,7 @@ def terminate_backends(db: Engine) -> int:
 @pytest.fixture
 def settings(database_url: str, jwks: JWKSServer, tmp_path: Path) -> Settings:
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database_url,
         auth_server_url=jwks.base_url,
         auto_migrate=False,
@@ -275,9 +323,133 @@ def settings(database_url: str, jwks: JWKSServer, tmp_path: Path) -> Settings:
     )
 
 
+# What the lifespan puts on app.state, besides what create_app itself does; an app with anything
+# else there is never shared, since no reset here would know to renew it.
+APP_STATE = {"settings", "draining", "outage_log", "rate_limiter", "engine", "verifier", "known_workers"}
+
+
+@dataclass
+class RunningApp:
+    client: TestClient
+    app: FastAPI
+    engine: Engine  # the lifespan's own
+    verifier: JWKSVerifier  # the lifespan's own, which it closes at shutdown
+    tests: int = 0
+
+
+class AppPool:
+    """Apps kept running between tests, one per kind of settings, each reset to as good as new for the next test.
+
+    An app is shared only when nothing it holds outlives a test unreset: no rate-limit counts,
+    no sweeper thread, no tracing, no development key (its file is the test's own). Before each
+    test it gets what the lifespan and create_app would have made afresh: a token verifier (the
+    JWKS server's keys change from test to test), a known-workers cache (the rows are gone), an
+    outage log, the logging configuration, and the test's own settings object. After the test
+    its connections are closed, so the next test starts with an empty pool as a new app would;
+    an app whose state a test replaced, or with a request still running, is shut down instead.
+    """
+
+    SIZE = 3  # kinds of settings kept running at once: the shared fixtures' and a module's override or two
+
+    def __init__(self) -> None:
+        self._running: OrderedDict[str, RunningApp] = OrderedDict()
+
+    @staticmethod
+    def shareable(settings: Settings) -> bool:
+        return not (
+            settings.rate_limit_read
+            or settings.rate_limit_write
+            or settings.lease_sweep_seconds
+            or settings.otel_exporter_otlp_endpoint
+            or settings.dev_auth
+            or settings.auto_migrate
+        )
+
+    @contextmanager
+    def client(self, settings: Settings) -> Iterator[TestClient]:
+        key = settings.model_dump_json(exclude={"dev_key_file"})
+        running = (self._running.pop(key, None) or self._start(settings)) if self.shareable(settings) else None
+        if running is None:
+            with TestClient(create_app(settings)) as test_client:
+                yield test_client
+            return
+        self._renew(running, settings)
+        try:
+            yield running.client
+        finally:
+            if self._reusable(running):
+                if running.app.state.verifier is not running.verifier:
+                    running.app.state.verifier.close()
+                running.engine.dispose()
+                self._running[key] = running
+                while len(self._running) > self.SIZE:
+                    self._stop(self._running.popitem(last=False)[1])
+            else:
+                self._stop(running)
+
+    def close(self) -> None:
+        while self._running:
+            self._stop(self._running.popitem()[1])
+
+    def _start(self, settings: Settings) -> RunningApp | None:
+        # A copy: a test that changes its settings object afterwards must not change the app's.
+        app = create_app(settings.model_copy(deep=True))
+        test_client = TestClient(app)
+        test_client.__enter__()
+        running = RunningApp(test_client, app, app.state.engine, app.state.verifier)
+        if set(app.state._state) != APP_STATE:
+            self._stop(running)
+            return None
+        return running
+
+    def _renew(self, running: RunningApp, settings: Settings) -> None:
+        state = running.app.state
+        if running.tests:
+            telemetry.configure_logging(settings.log_level, settings.log_format)  # as create_app does first
+            state.verifier = main.build_verifier(settings)
+            state.known_workers = KnownWorkers()
+            state.outage_log = telemetry.Throttle(main.OUTAGE_LOG_SECONDS, main.logger)
+            running.client.cookies.clear()
+        state.settings = settings
+        running.tests += 1
+
+    def _reusable(self, running: RunningApp) -> bool:
+        state = running.app.state
+        unchanged = (
+            set(state._state) == APP_STATE
+            and state.engine is running.engine
+            and state.rate_limiter is None
+            and not state.draining
+            and not running.app.dependency_overrides
+        )
+        portal = running.client.portal
+        # A request thread still busy (a test that stopped waiting for it) would take one of the next test's.
+        return unchanged and portal is not None and portal.call(_no_request_running)
+
+    def _stop(self, running: RunningApp) -> None:
+        state = running.app.state
+        if state.verifier is not running.verifier:
+            state.verifier.close()
+            state.verifier = running.verifier
+        running.client.__exit__(None, None, None)
+
+
+async def _no_request_running() -> bool:
+    return current_default_thread_limiter().borrowed_tokens == 0
+
+
+@pytest.fixture(scope="session")
+def app_pool(database_template: str, jwks_server: JWKSServer) -> Iterator[AppPool]:  # noqa: ARG001
+    """The running apps. Asking for the database and the JWKS server they use makes the apps stop first."""
+    pool = AppPool()
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+def client(settings: Settings, app_pool: AppPool) -> Iterator[TestClient]:
+    """The app of the test's `settings`, as good as new; `client.app` may have served earlier tests."""
+    with app_pool.client(settings) as test_client:
         yield test_client
 
 
