@@ -45,6 +45,11 @@ from dependencies import KnownWorkers
 from main import create_app
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+# Every httpx client loads its CA certificates when it is made: certifi's bundle takes some 20 ms,
+# a verifier's share of each test, though no test speaks TLS. The system's hashed directory is
+# read only when a certificate is checked. (Set before anything makes a client; subprocesses inherit it.)
+if os.path.isdir("/etc/ssl/certs") and not os.environ.get("SSL_CERT_FILE"):
+    os.environ.setdefault("SSL_CERT_DIR", "/etc/ssl/certs")
 E2E_DIRECTORY = Path(__file__).parent / "e2e"
 
 
@@ -253,36 +258,57 @@ def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def tables(database_template: str) -> list[str]:
-    """Every table the migrations made but alembic's own: what a test may have written to."""
-    engine = create_db_engine(database_template)
-    try:
-        names = inspect(engine).get_table_names()
-    finally:
-        engine.dispose()
-    return [name for name in names if name not in {"alembic_version", "sqlite_sequence"}]
+class DatabaseEmptier:
+    """Empties the worker's database between tests: every table but alembic's, and the sequences."""
 
+    def __init__(self, url: str) -> None:
+        self.url = url
+        # Pre-ping: a test may have killed this connection along with the app's (terminate_backends).
+        self.engine = create_db_engine(url) if TEST_DATABASE_URL is None else create_engine(url, pool_pre_ping=True)
+        names = inspect(self.engine).get_table_names()
+        self.tables = [name for name in names if name not in {"alembic_version", "sqlite_sequence"}]
 
-@pytest.fixture
-def database_url(database_template: str, tables: list[str]) -> str:
-    """An empty, migrated database for this test (emptied before it, so a failed test leaves its rows to look at)."""
-    engine = create_db_engine(database_template)
-    try:
-        with engine.begin() as connection:
+    def empty(self) -> None:
+        with self.engine.begin() as connection:
             if TEST_DATABASE_URL is None:
                 # Checked at commit, when no row is left to point anywhere, so the order does not matter.
                 connection.execute(text("PRAGMA defer_foreign_keys = ON"))
-                for table in tables:
+                for table in self.tables:
                     connection.execute(text(f'DELETE FROM "{table}"'))
                 connection.execute(text("DELETE FROM sqlite_sequence"))  # AUTOINCREMENT ids start at 1 again
-            else:
-                # TRUNCATE, not DELETE: the audit log's trigger refuses deletes.
-                quoted = ", ".join(f'"{table}"' for table in tables)
+                return
+            # TRUNCATE, not DELETE: the audit log's trigger refuses deletes. It costs a few
+            # milliseconds a table, empty or not, so only the tables the test wrote to.
+            written = connection.execute(
+                text(" UNION ALL ".join(f"SELECT '{t}' WHERE EXISTS (SELECT FROM \"{t}\")" for t in self.tables))
+            ).scalars()
+            quoted = ", ".join(f'"{table}"' for table in written)
+            if quoted:
                 connection.execute(text(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE"))
-    finally:
-        engine.dispose()
-    return database_template
+            # A sequence also moves for an insert that was rolled back, leaving its table empty.
+            connection.execute(
+                text(
+                    "SELECT setval(format('%I.%I', schemaname, sequencename)::regclass, start_value, false)"
+                    " FROM pg_sequences WHERE schemaname = current_schema() AND last_value IS NOT NULL"
+                )
+            )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_emptier(database_template: str) -> Iterator[DatabaseEmptier]:
+    emptier = DatabaseEmptier(database_template)
+    yield emptier
+    emptier.close()
+
+
+@pytest.fixture
+def database_url(database_emptier: DatabaseEmptier) -> str:
+    """An empty, migrated database for this test (emptied before it, so a failed test leaves its rows to look at)."""
+    database_emptier.empty()
+    return database_emptier.url
 
 
 @pytest.fixture
@@ -341,9 +367,9 @@ class AppPool:
     """Apps kept running between tests, one per kind of settings, each reset to as good as new for the next test.
 
     An app is shared only when nothing it holds outlives a test unreset: no rate-limit counts,
-    no sweeper thread, no tracing, no development key (its file is the test's own). Before each
-    test it gets what the lifespan and create_app would have made afresh: a token verifier (the
-    JWKS server's keys change from test to test), a known-workers cache (the rows are gone), an
+    no sweeper thread, no tracing. Before each test it gets what the lifespan and create_app
+    would have made afresh: a token verifier (the JWKS server's keys change from test to test,
+    and a development key is the test's own file), a known-workers cache (the rows are gone), an
     outage log, the logging configuration, and the test's own settings object. After the test
     its connections are closed, so the next test starts with an empty pool as a new app would;
     an app whose state a test replaced, or with a request still running, is shut down instead.
@@ -361,7 +387,6 @@ class AppPool:
             or settings.rate_limit_write
             or settings.lease_sweep_seconds
             or settings.otel_exporter_otlp_endpoint
-            or settings.dev_auth
             or settings.auto_migrate
         )
 
