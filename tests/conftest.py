@@ -12,14 +12,16 @@ outage log, logging configuration and connection pool; an app a test left change
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,11 +47,17 @@ from dependencies import KnownWorkers
 from main import create_app
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
-# Every httpx client loads its CA certificates when it is made: certifi's bundle takes some 20 ms,
-# a verifier's share of each test, though no test speaks TLS. The system's hashed directory is
-# read only when a certificate is checked. (Set before anything makes a client; subprocesses inherit it.)
-if os.path.isdir("/etc/ssl/certs") and not os.environ.get("SSL_CERT_FILE"):
-    os.environ.setdefault("SSL_CERT_DIR", "/etc/ssl/certs")
+# Every httpx client parses its CA bundle when it is made, some 20 ms (each app's verifier makes
+# one), though no test speaks TLS. The same certificates as a hashed directory cost nothing until
+# one is checked; so the system bundle is traded for the directory it is built from.
+SYSTEM_CERTIFICATES = "/etc/ssl/certs"
+if (
+    os.path.isdir(SYSTEM_CERTIFICATES)
+    and os.environ.get("SSL_CERT_FILE", "") in {"", f"{SYSTEM_CERTIFICATES}/ca-certificates.crt"}
+    and os.environ.get("SSL_CERT_DIR", "") in {"", SYSTEM_CERTIFICATES}
+):
+    os.environ.pop("SSL_CERT_FILE", None)
+    os.environ["SSL_CERT_DIR"] = SYSTEM_CERTIFICATES
 E2E_DIRECTORY = Path(__file__).parent / "e2e"
 
 
@@ -71,13 +79,30 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "redis_url" in getattr(item, "fixturenames", ()):
-            # Each of these tests deletes every caller key the Redis tests make when it ends, which
-            # would reset the budget of one running at that moment in another worker.
-            item.add_marker(pytest.mark.xdist_group("redis"))
-        elif item.path.is_relative_to(E2E_DIRECTORY):
+        if item.path.is_relative_to(E2E_DIRECTORY):
             # One set of Better Auth servers and one Chromium, not one per worker.
             item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
+def machine_wide_lock(item: pytest.Item) -> str | None:
+    """The name of what `item` shares with every test process on the machine, if anything."""
+    if "redis_url" in getattr(item, "fixturenames", ()):
+        # The Redis tests delete every caller key they make when each ends, which would reset the
+        # budget of one running at that moment in another worker, or in another run (.ci/run).
+        return "redis"
+    if item.path.is_relative_to(E2E_DIRECTORY):
+        return "e2e"  # the first to run installs Better Auth (npm ci) into the one node_modules
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    name = machine_wide_lock(item)
+    if name is None:
+        return (yield)
+    with (Path(tempfile.gettempdir()) / f"taskflow-tests-{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        return (yield)
 
 
 # ---------------------------------------------------------------- keys and the JWKS server
