@@ -1,8 +1,11 @@
 """Shared fixtures: a real database, real keys, a real JWKS over HTTP, real tokens, a real app.
 
-Each test process (one per pytest-xdist worker) has a migrated database of its own: a SQLite
-file, or, when TEST_DATABASE_URL is set, a PostgreSQL database created for the run and dropped
-after it. Every test starts from its tables emptied and its sequences reset.
+`uv run pytest` spreads the tests over one pytest-xdist worker per CPU; `-n0` runs them in this
+process. Each test process has a migrated database of its own: a SQLite file, or, when
+TEST_DATABASE_URL is set, a PostgreSQL database created for it and dropped after it. Every test
+starts from its tables emptied and its sequences reset. Tests that share something outside
+their process (the Redis server, the Better Auth install) hold a lock file while they run, so
+that no worker, and no other run on the machine, runs one of them at the same time.
 
 The `client` fixture keeps an app running from one test to the next when the test's settings
 are ones a reset can make as good as new (`AppPool`): building an app and running its lifespan
@@ -61,7 +64,7 @@ if (
 E2E_DIRECTORY = Path(__file__).parent / "e2e"
 
 
-# ---------------------------------------------------------------- running under pytest-xdist
+# ---------------------------------------------------------------- workers, and other runs on the machine
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
