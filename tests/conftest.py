@@ -388,6 +388,7 @@ class RunningApp:
     app: FastAPI
     engine: Engine  # the lifespan's own
     verifier: JWKSVerifier  # the lifespan's own, which it closes at shutdown
+    headers: dict[str, str]  # the client's own, before any test set one
     tests: int = 0
 
 
@@ -426,8 +427,8 @@ class AppPool:
             with TestClient(create_app(settings)) as test_client:
                 yield test_client
             return
-        self._renew(running, settings)
         try:
+            self._renew(running, settings)
             yield running.client
         finally:
             if self._reusable(running):
@@ -449,7 +450,7 @@ class AppPool:
         app = create_app(settings.model_copy(deep=True))
         test_client = TestClient(app)
         test_client.__enter__()
-        running = RunningApp(test_client, app, app.state.engine, app.state.verifier)
+        running = RunningApp(test_client, app, app.state.engine, app.state.verifier, dict(test_client.headers))
         if set(app.state._state) != APP_STATE:
             self._stop(running)
             return None
@@ -463,6 +464,7 @@ class AppPool:
             state.known_workers = KnownWorkers()
             state.outage_log = telemetry.Throttle(main.OUTAGE_LOG_SECONDS, main.logger)
             running.client.cookies.clear()
+            running.client.headers = running.headers
         state.settings = settings
         running.tests += 1
 
