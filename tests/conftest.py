@@ -404,7 +404,7 @@ class AppPool:
     an app whose state a test replaced, or with a request still running, is shut down instead.
     """
 
-    SIZE = 3  # kinds of settings kept running at once: the shared fixtures' and a module's override or two
+    SIZE = 4  # apps kept running at once: the shared settings', and a module's own, each raising errors or not
 
     def __init__(self) -> None:
         self._running: OrderedDict[str, RunningApp] = OrderedDict()
@@ -420,11 +420,14 @@ class AppPool:
         )
 
     @contextmanager
-    def client(self, settings: Settings) -> Iterator[TestClient]:
-        key = settings.model_dump_json(exclude={"dev_key_file"})
-        running = (self._running.pop(key, None) or self._start(settings)) if self.shareable(settings) else None
+    def client(self, settings: Settings, *, raise_server_exceptions: bool = True) -> Iterator[TestClient]:
+        """A client of an app of `settings`, like `with TestClient(create_app(settings), ...)`."""
+        key = f"{raise_server_exceptions} {settings.model_dump_json(exclude={'dev_key_file'})}"
+        running = None
+        if self.shareable(settings):
+            running = self._running.pop(key, None) or self._start(settings, raise_server_exceptions)
         if running is None:
-            with TestClient(create_app(settings)) as test_client:
+            with TestClient(create_app(settings), raise_server_exceptions=raise_server_exceptions) as test_client:
                 yield test_client
             return
         try:
@@ -445,10 +448,10 @@ class AppPool:
         while self._running:
             self._stop(self._running.popitem()[1])
 
-    def _start(self, settings: Settings) -> RunningApp | None:
+    def _start(self, settings: Settings, raise_server_exceptions: bool) -> RunningApp | None:
         # A copy: a test that changes its settings object afterwards must not change the app's.
         app = create_app(settings.model_copy(deep=True))
-        test_client = TestClient(app)
+        test_client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
         test_client.__enter__()
         running = RunningApp(test_client, app, app.state.engine, app.state.verifier, dict(test_client.headers))
         if set(app.state._state) != APP_STATE:
