@@ -1,20 +1,30 @@
-"""Shared fixtures: a real database per test, real keys, a real JWKS over HTTP, real tokens.
+"""Shared fixtures: a real database, real keys, a real JWKS over HTTP, real tokens, a real app.
 
-The database is a fresh SQLite file per test, or PostgreSQL when TEST_DATABASE_URL is
-set: then one database is created for the run (and dropped after it) and every test
-starts from empty tables.
+`uv run pytest` spreads the tests over one pytest-xdist worker per CPU; `-n0` runs them in this
+process. Each test process has a migrated database of its own: a SQLite file, or, when
+TEST_DATABASE_URL is set, a PostgreSQL database created for it and dropped after it. Every test
+starts from its tables emptied and its sequences reset. Tests that share something outside
+their process (the Redis server, the Better Auth install) hold a lock file while they run, so
+that no worker, and no other run on the machine, runs one of them at the same time.
+
+The `client` fixture keeps an app running from one test to the next when the test's settings
+are ones a reset can make as good as new (`AppPool`): building an app and running its lifespan
+costs more than most tests. Each test still gets a fresh token verifier, known-workers cache,
+outage log, logging configuration and connection pool; an app a test left changed is not reused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
-import shutil
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,27 +33,79 @@ from typing import Any
 
 import jwt
 import pytest
+from anyio.to_thread import current_default_thread_limiter
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
+import main
+import telemetry
+from auth import JWKSVerifier
 from config import Settings
 from database import create_db_engine, migrate, normalize_database_url
+from dependencies import KnownWorkers
 from main import create_app
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
-TABLES = [
-    "audit_log",
-    "idempotency_key",
-    "lost_lease",
-    "task_dependency",
-    "project_member",
-    "task",
-    "project",
-    "worker",
-]
+# Every httpx client parses its CA bundle when it is made, some 20 ms (each app's verifier makes
+# one), though no test speaks TLS. The same certificates as a hashed directory cost nothing until
+# one is checked; so the system bundle is traded for the directory it is built from.
+SYSTEM_CERTIFICATES = "/etc/ssl/certs"
+if (
+    os.path.isdir(SYSTEM_CERTIFICATES)
+    and os.environ.get("SSL_CERT_FILE", "") in {"", f"{SYSTEM_CERTIFICATES}/ca-certificates.crt"}
+    and os.environ.get("SSL_CERT_DIR", "") in {"", SYSTEM_CERTIFICATES}
+):
+    os.environ.pop("SSL_CERT_FILE", None)
+    os.environ["SSL_CERT_DIR"] = SYSTEM_CERTIFICATES
+E2E_DIRECTORY = Path(__file__).parent / "e2e"
+
+
+# ---------------------------------------------------------------- workers, and other runs on the machine
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    if not pluginmanager.has_plugin("xdist"):
+        # With xdist turned off (-p no:xdist) the -n and --dist in addopts must still parse.
+        parser.addoption("--numprocesses", dest="numprocesses", help="ignored: pytest-xdist is off")
+        parser.addoption("--dist", dest="dist", help="ignored: pytest-xdist is off")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here too, so that --strict-markers accepts it when xdist is off (-p no:xdist).
+    config.addinivalue_line("markers", "xdist_group(name): tests that run in one worker, one after another")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(E2E_DIRECTORY):
+            # One set of Better Auth servers and one Chromium, not one per worker.
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
+def machine_wide_lock(item: pytest.Item) -> str | None:
+    """The name of what `item` shares with every test process on the machine, if anything."""
+    if "redis_url" in getattr(item, "fixturenames", ()):
+        # The Redis tests delete every caller key they make when each ends, which would reset the
+        # budget of one running at that moment in another worker, or in another run (.ci/run).
+        return "redis"
+    if item.path.is_relative_to(E2E_DIRECTORY):
+        return "e2e"  # the first to run installs Better Auth (npm ci) into the one node_modules
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    name = machine_wide_lock(item)
+    if name is None:
+        return (yield)
+    with (Path(tempfile.gettempdir()) / f"taskflow-tests-{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        return (yield)
 
 
 # ---------------------------------------------------------------- keys and the JWKS server
@@ -198,15 +260,16 @@ def auth(make_token: TokenFactory) -> AuthHeaders:
 
 @pytest.fixture(scope="session")
 def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A migrated database for the whole run: a SQLite file to copy, or a fresh PostgreSQL database."""
+    """The URL of this test process's migrated database: a SQLite file, or a PostgreSQL database of its own."""
     if TEST_DATABASE_URL is None:
-        path = tmp_path_factory.mktemp("template") / "taskflow.db"
-        engine = create_db_engine(f"sqlite:///{path}")
+        url = f"sqlite:///{tmp_path_factory.mktemp('database') / 'taskflow.db'}"
+        engine = create_db_engine(url)
         migrate(engine)
         engine.dispose()
-        yield str(path)
+        yield url
         return
     admin_url = make_url(normalize_database_url(TEST_DATABASE_URL))
+    # A name per run and worker: runs and xdist workers on one server never share a database.
     name = f"taskflow_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -223,18 +286,57 @@ def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         admin.dispose()
 
 
+class DatabaseEmptier:
+    """Empties the worker's database between tests: every table but alembic's, and the sequences."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        # Pre-ping: a test may have killed this connection along with the app's (terminate_backends).
+        self.engine = create_db_engine(url) if TEST_DATABASE_URL is None else create_engine(url, pool_pre_ping=True)
+        names = inspect(self.engine).get_table_names()
+        self.tables = [name for name in names if name not in {"alembic_version", "sqlite_sequence"}]
+
+    def empty(self) -> None:
+        with self.engine.begin() as connection:
+            if TEST_DATABASE_URL is None:
+                # Checked at commit, when no row is left to point anywhere, so the order does not matter.
+                connection.execute(text("PRAGMA defer_foreign_keys = ON"))
+                for table in self.tables:
+                    connection.execute(text(f'DELETE FROM "{table}"'))
+                connection.execute(text("DELETE FROM sqlite_sequence"))  # AUTOINCREMENT ids start at 1 again
+                return
+            # TRUNCATE, not DELETE: the audit log's trigger refuses deletes. It costs a few
+            # milliseconds a table, empty or not, so only the tables the test wrote to.
+            written = connection.execute(
+                text(" UNION ALL ".join(f"SELECT '{t}' WHERE EXISTS (SELECT FROM \"{t}\")" for t in self.tables))
+            ).scalars()
+            quoted = ", ".join(f'"{table}"' for table in written)
+            if quoted:
+                connection.execute(text(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE"))
+            # A sequence also moves for an insert that was rolled back, leaving its table empty.
+            connection.execute(
+                text(
+                    "SELECT setval(format('%I.%I', schemaname, sequencename)::regclass, start_value, false)"
+                    " FROM pg_sequences WHERE schemaname = current_schema() AND last_value IS NOT NULL"
+                )
+            )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_emptier(database_template: str) -> Iterator[DatabaseEmptier]:
+    emptier = DatabaseEmptier(database_template)
+    yield emptier
+    emptier.close()
+
+
 @pytest.fixture
-def database_url(database_template: str, tmp_path: Path) -> str:
-    """An empty, migrated database for this test."""
-    if TEST_DATABASE_URL is None:
-        path = tmp_path / "taskflow.db"
-        shutil.copyfile(database_template, path)
-        return f"sqlite:///{path}"
-    engine = create_db_engine(database_template)
-    with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-    engine.dispose()
-    return database_template
+def database_url(database_emptier: DatabaseEmptier) -> str:
+    """An empty, migrated database for this test (emptied before it, so a failed test leaves its rows to look at)."""
+    database_emptier.empty()
+    return database_emptier.url
 
 
 @pytest.fixture
@@ -264,7 +366,7 @@ def terminate_backends(db: Engine) -> int:
 @pytest.fixture
 def settings(database_url: str, jwks: JWKSServer, tmp_path: Path) -> Settings:
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database_url,
         auth_server_url=jwks.base_url,
         auto_migrate=False,
@@ -275,9 +377,137 @@ def settings(database_url: str, jwks: JWKSServer, tmp_path: Path) -> Settings:
     )
 
 
+# What the lifespan puts on app.state, besides what create_app itself does; an app with anything
+# else there is never shared, since no reset here would know to renew it.
+APP_STATE = {"settings", "draining", "outage_log", "rate_limiter", "engine", "verifier", "known_workers"}
+
+
+@dataclass
+class RunningApp:
+    client: TestClient
+    app: FastAPI
+    engine: Engine  # the lifespan's own
+    verifier: JWKSVerifier  # the lifespan's own, which it closes at shutdown
+    headers: dict[str, str]  # the client's own, before any test set one
+    tests: int = 0
+
+
+class AppPool:
+    """Apps kept running between tests, one per kind of settings, each reset to as good as new for the next test.
+
+    An app is shared only when nothing it holds outlives a test unreset: no rate-limit counts,
+    no sweeper thread, no tracing. Before each test it gets what the lifespan and create_app
+    would have made afresh: a token verifier (the JWKS server's keys change from test to test,
+    and a development key is the test's own file), a known-workers cache (the rows are gone), an
+    outage log, the logging configuration, and the test's own settings object. After the test
+    its connections are closed, so the next test starts with an empty pool as a new app would;
+    an app whose state a test replaced, or with a request still running, is shut down instead.
+    """
+
+    SIZE = 4  # apps kept running at once: the shared settings', and a module's own, each raising errors or not
+
+    def __init__(self) -> None:
+        self._running: OrderedDict[str, RunningApp] = OrderedDict()
+
+    @staticmethod
+    def shareable(settings: Settings) -> bool:
+        return not (
+            settings.rate_limit_read
+            or settings.rate_limit_write
+            or settings.lease_sweep_seconds
+            or settings.otel_exporter_otlp_endpoint
+            or settings.auto_migrate
+        )
+
+    @contextmanager
+    def client(self, settings: Settings, *, raise_server_exceptions: bool = True) -> Iterator[TestClient]:
+        """A client of an app of `settings`, like `with TestClient(create_app(settings), ...)`."""
+        key = f"{raise_server_exceptions} {settings.model_dump_json(exclude={'dev_key_file'})}"
+        running = None
+        if self.shareable(settings):
+            running = self._running.pop(key, None) or self._start(settings, raise_server_exceptions)
+        if running is None:
+            with TestClient(create_app(settings), raise_server_exceptions=raise_server_exceptions) as test_client:
+                yield test_client
+            return
+        try:
+            self._renew(running, settings)
+            yield running.client
+        finally:
+            if self._reusable(running):
+                if running.app.state.verifier is not running.verifier:
+                    running.app.state.verifier.close()
+                running.engine.dispose()
+                self._running[key] = running
+                while len(self._running) > self.SIZE:
+                    self._stop(self._running.popitem(last=False)[1])
+            else:
+                self._stop(running)
+
+    def close(self) -> None:
+        while self._running:
+            self._stop(self._running.popitem()[1])
+
+    def _start(self, settings: Settings, raise_server_exceptions: bool) -> RunningApp | None:
+        # A copy: a test that changes its settings object afterwards must not change the app's.
+        app = create_app(settings.model_copy(deep=True))
+        test_client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
+        test_client.__enter__()
+        running = RunningApp(test_client, app, app.state.engine, app.state.verifier, dict(test_client.headers))
+        if set(app.state._state) != APP_STATE:
+            self._stop(running)
+            return None
+        return running
+
+    def _renew(self, running: RunningApp, settings: Settings) -> None:
+        state = running.app.state
+        if running.tests:
+            telemetry.configure_logging(settings.log_level, settings.log_format)  # as create_app does first
+            state.verifier = main.build_verifier(settings)
+            state.known_workers = KnownWorkers()
+            state.outage_log = telemetry.Throttle(main.OUTAGE_LOG_SECONDS, main.logger)
+            running.client.cookies.clear()
+            running.client.headers = running.headers
+        state.settings = settings
+        running.tests += 1
+
+    def _reusable(self, running: RunningApp) -> bool:
+        state = running.app.state
+        unchanged = (
+            set(state._state) == APP_STATE
+            and state.engine is running.engine
+            and state.rate_limiter is None
+            and not state.draining
+            and not running.app.dependency_overrides
+        )
+        portal = running.client.portal
+        # A request thread still busy (a test that stopped waiting for it) would take one of the next test's.
+        return unchanged and portal is not None and portal.call(_no_request_running)
+
+    def _stop(self, running: RunningApp) -> None:
+        state = running.app.state
+        if state.verifier is not running.verifier:
+            state.verifier.close()
+            state.verifier = running.verifier
+        running.client.__exit__(None, None, None)
+
+
+async def _no_request_running() -> bool:
+    return current_default_thread_limiter().borrowed_tokens == 0
+
+
+@pytest.fixture(scope="session")
+def app_pool(database_template: str, jwks_server: JWKSServer) -> Iterator[AppPool]:  # noqa: ARG001
+    """The running apps. Asking for the database and the JWKS server they use makes the apps stop first."""
+    pool = AppPool()
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+def client(settings: Settings, app_pool: AppPool) -> Iterator[TestClient]:
+    """The app of the test's `settings`, as good as new; `client.app` may have served earlier tests."""
+    with app_pool.client(settings) as test_client:
         yield test_client
 
 
