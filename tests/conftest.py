@@ -50,17 +50,6 @@ from dependencies import KnownWorkers
 from main import create_app
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
-# Every httpx client parses its CA bundle when it is made, some 20 ms (each app's verifier makes
-# one), though no test speaks TLS. The same certificates as a hashed directory cost nothing until
-# one is checked; so the system bundle is traded for the directory it is built from.
-SYSTEM_CERTIFICATES = "/etc/ssl/certs"
-if (
-    os.path.isdir(SYSTEM_CERTIFICATES)
-    and os.environ.get("SSL_CERT_FILE", "") in {"", f"{SYSTEM_CERTIFICATES}/ca-certificates.crt"}
-    and os.environ.get("SSL_CERT_DIR", "") in {"", SYSTEM_CERTIFICATES}
-):
-    os.environ.pop("SSL_CERT_FILE", None)
-    os.environ["SSL_CERT_DIR"] = SYSTEM_CERTIFICATES
 E2E_DIRECTORY = Path(__file__).parent / "e2e"
 
 
@@ -377,6 +366,34 @@ def settings(database_url: str, jwks: JWKSServer, tmp_path: Path) -> Settings:
     )
 
 
+SYSTEM_CERTIFICATES = "/etc/ssl/certs"
+
+
+@contextmanager
+def certificates_read_when_checked() -> Iterator[None]:
+    """While the block runs, httpx clients take the system's CA certificates as their hashed
+    directory, read only when a certificate is checked, instead of parsing the bundle built from
+    it (some 20 ms a client; the verifier made for each test has one, and speaks no TLS)."""
+    bundle, directory = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if (
+        not os.path.isdir(SYSTEM_CERTIFICATES)
+        or bundle not in {None, f"{SYSTEM_CERTIFICATES}/ca-certificates.crt"}
+        or directory not in {None, SYSTEM_CERTIFICATES}
+    ):
+        yield
+        return
+    # Only here, not for the whole run: some tests' timing has come to lean on the slower clients.
+    os.environ.pop("SSL_CERT_FILE", None)
+    os.environ["SSL_CERT_DIR"] = SYSTEM_CERTIFICATES
+    try:
+        yield
+    finally:
+        if bundle is not None:
+            os.environ["SSL_CERT_FILE"] = bundle
+        if directory is None:
+            del os.environ["SSL_CERT_DIR"]
+
+
 # What the lifespan puts on app.state, besides what create_app itself does; an app with anything
 # else there is never shared, since no reset here would know to renew it.
 APP_STATE = {"settings", "draining", "outage_log", "rate_limiter", "engine", "verifier", "known_workers"}
@@ -463,7 +480,8 @@ class AppPool:
         state = running.app.state
         if running.tests:
             telemetry.configure_logging(settings.log_level, settings.log_format)  # as create_app does first
-            state.verifier = main.build_verifier(settings)
+            with certificates_read_when_checked():
+                state.verifier = main.build_verifier(settings)
             state.known_workers = KnownWorkers()
             state.outage_log = telemetry.Throttle(main.OUTAGE_LOG_SECONDS, main.logger)
             running.client.cookies.clear()
