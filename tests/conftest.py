@@ -66,6 +66,9 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
 def pytest_configure(config: pytest.Config) -> None:
     # Registered here too, so that --strict-markers accepts it when xdist is off (-p no:xdist).
     config.addinivalue_line("markers", "xdist_group(name): tests that run in one worker, one after another")
+    config.addinivalue_line(
+        "markers", "errors_as_responses: the `client` fixture answers an unhandled error as a 500 instead of raising it"
+    )
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
@@ -523,9 +526,13 @@ def app_pool(database_template: str, jwks_server: JWKSServer) -> Iterator[AppPoo
 
 
 @pytest.fixture
-def client(settings: Settings, app_pool: AppPool) -> Iterator[TestClient]:
-    """The app of the test's `settings`, as good as new; `client.app` may have served earlier tests."""
-    with app_pool.client(settings) as test_client:
+def client(settings: Settings, app_pool: AppPool, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    """The app of the test's `settings`, as good as new; `client.app` may have served earlier tests.
+
+    A module marked `errors_as_responses` meets an unhandled error as a caller does, as a 500.
+    """
+    raising = request.node.get_closest_marker("errors_as_responses") is None
+    with app_pool.client(settings, raise_server_exceptions=raising) as test_client:
         yield test_client
 
 

@@ -14,9 +14,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 from support import CreateProject, CreateTask, app_engine, assert_error
 
-from config import Settings
-from main import create_app
-
 ENVELOPE = {"error", "status_code", "code"}
 FRONTEND = "http://localhost:3000"
 
@@ -25,11 +22,8 @@ class InjectedFault(Exception):
     """Raised by a test's event listener; nothing of it may reach the client."""
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    """Like the shared client, but a 500 comes back as a response instead of being raised in the test."""
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
-        yield test_client
+# The app as a caller meets it: an unhandled error comes back as a 500 response instead of raising here.
+pytestmark = pytest.mark.errors_as_responses
 
 
 @contextmanager

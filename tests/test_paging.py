@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,8 +28,6 @@ from sqlmodel import Session, col, select
 from support import assert_error
 
 import services
-from config import Settings
-from main import create_app
 from models import (
     MAX_OFFSET,
     PRIORITY_RANK,
@@ -53,15 +51,8 @@ MEMBERS = {"demo": {"alice", "bob"}, "secret": {"carol"}}
 ADMIN = "root"
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    """The app as a caller meets it: an unhandled error comes back as a 500 response instead of raising here.
-
-    No background lease sweeper: a lapsed lease stays in the database until a test looks at it.
-    """
-    quiet = settings.model_copy(update={"lease_sweep_seconds": 0})
-    with TestClient(create_app(quiet), raise_server_exceptions=False) as test_client:
-        yield test_client
+# The app as a caller meets it: an unhandled error comes back as a 500 response instead of raising here.
+pytestmark = pytest.mark.errors_as_responses
 
 
 # ---------------------------------------------------------------- helpers

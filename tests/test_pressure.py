@@ -8,6 +8,7 @@ no task row without its audit row, no audit row without its change.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import select
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from anyio.to_thread import current_default_thread_limiter
 from conftest import AuthHeaders, LiveServer, captured_warnings, serving, terminate_backends
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -271,8 +273,25 @@ def test_requests_past_the_queue_cap_answer_503_at_once(settings: Settings, auth
     # One request thread, held by a write waiting for a lock; one request may wait for it.
     tight = settings.model_copy(update={"db_pool_size": 1, "max_queued_requests": 1, "db_lock_timeout": WAIT})
     app = create_app(tight)
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def recording_its_loop(scope: Any, receive: Any, send: Any) -> None:
+        if not loops:
+            loops.append(asyncio.get_running_loop())
+        await app(scope, receive, send)
+
+    async def requests_waiting() -> int:
+        return current_default_thread_limiter().statistics().tasks_waiting
+
+    def waiting_now() -> int:
+        # Asked on the server's own loop: the thread limiter belongs to it.
+        return asyncio.run_coroutine_threadsafe(requests_waiting(), loops[0]).result(WAIT)
+
     headers = auth("alice")  # one token for every request: verified once, so no request waits on the JWKS
-    with serving(app) as server, httpx.Client(base_url=server.url, headers=headers, timeout=WAIT) as http:
+    with (
+        serving(recording_its_loop) as server,
+        httpx.Client(base_url=server.url, headers=headers, timeout=WAIT) as http,
+    ):
         task = http.post("/api/tasks", json={"title": "Locked"}).json()
         outcomes: dict[str, httpx.Response | BaseException] = {}
 
@@ -295,8 +314,14 @@ def test_requests_past_the_queue_cap_answer_503_at_once(settings: Settings, auth
                 assert time.monotonic() < deadline, "the write never got its connection"
                 time.sleep(0.01)
             readers = [threading.Thread(target=call, args=(name, "GET", "/api/tasks")) for name in ("first", "second")]
-            for reader in readers:
-                reader.start()
+            readers[0].start()
+            deadline = time.monotonic() + WAIT
+            # The second is sent once the first waits for the thread: two sent at once could both
+            # pass the cap's check before either waits.
+            while waiting_now() < 1:
+                assert time.monotonic() < deadline, "the first reader never waited for the request thread"
+                time.sleep(0.01)
+            readers[1].start()
             deadline = time.monotonic() + WAIT
             while len(outcomes) < 1:  # the reader that found the queue full is answered at once
                 assert time.monotonic() < deadline, "no request was refused: the queue has no cap"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,8 +13,6 @@ from sqlalchemy import Engine
 from sqlmodel import Session, func, select
 from support import CreateProject, CreateTask, assert_error, audit_count, case, stored_task
 
-from config import Settings
-from main import create_app
 from models import Task
 
 LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
@@ -37,11 +34,8 @@ TASK_FIELDS = [
 ]
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    """The app as a caller meets it: an unhandled error comes back as a 500 response instead of raising here."""
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
-        yield test_client
+# The app as a caller meets it: an unhandled error comes back as a 500 response instead of raising here.
+pytestmark = pytest.mark.errors_as_responses
 
 
 # ---------------------------------------------------------------- helpers

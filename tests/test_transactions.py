@@ -18,8 +18,6 @@ from sqlalchemy import Connection, Engine, event
 from sqlmodel import Session, col, select
 from support import CreateProject, CreateTask, app_engine, count, task_row
 
-from config import Settings
-from main import create_app
 from models import AuditLog, Project, ProjectMember, Task, TaskStatus
 
 
@@ -30,11 +28,8 @@ class InjectedFault(Exception):
 FAULT_MESSAGE = "injected fault: INSERT INTO audit_log refused by test"
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    """Like the shared client, but a 500 comes back as a response instead of being raised in the test."""
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
-        yield test_client
+# The app as a caller meets it: an unhandled error comes back as a 500 response instead of raising here.
+pytestmark = pytest.mark.errors_as_responses
 
 
 @contextmanager

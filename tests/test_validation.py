@@ -6,7 +6,7 @@ value that was not refused, so one failing case does not hide the others.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -17,8 +17,6 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 from support import CreateProject, CreateTask, case, count
 
-from config import Settings
-from main import create_app
 from models import MAX_OFFSET, Project, ProjectMember, Task, Worker
 
 MAX_ID = 2**31 - 1
@@ -26,11 +24,8 @@ NUL = "\x00"
 JSON = {"Content-Type": "application/json"}
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    """The app as a caller meets it: an unhandled error comes back as a 500 response instead of raising here."""
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
-        yield test_client
+# The app as a caller meets it: an unhandled error comes back as a 500 response instead of raising here.
+pytestmark = pytest.mark.errors_as_responses
 
 
 def assert_validation_error(response: Response, loc: Sequence[str | int] | None = None) -> list[dict[str, Any]]:
