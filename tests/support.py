@@ -19,7 +19,7 @@ import httpx
 import httpx2
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, event, func
 from sqlmodel import Session, col, select
 
 from models import AuditLog, Task, Worker
@@ -155,3 +155,29 @@ def case(failures: list[str], name: str) -> Iterator[None]:
         yield
     except AssertionError as exc:
         failures.append(f"{name}: {str(exc)[:600]}")
+
+
+@contextmanager
+def holding_first(engine: Engine, matches: Callable[[str], bool]) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Hold the first statement `engine` sends that `matches`, just before it runs, until `release` is set.
+
+    Yields `(held, release)`: `held` is set once a request waits there. Every later match runs on.
+    """
+    held, release = threading.Event(), threading.Event()
+    lock = threading.Lock()
+
+    def hold_the_first(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not matches(statement):
+            return
+        with lock:
+            if held.is_set():
+                return
+            held.set()
+        release.wait(timeout=10)
+
+    event.listen(engine, "before_cursor_execute", hold_the_first)
+    try:
+        yield held, release
+    finally:
+        release.set()
+        event.remove(engine, "before_cursor_execute", hold_the_first)

@@ -6,7 +6,6 @@ key can meet a record another test left behind.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -16,9 +15,9 @@ import httpx
 import pytest
 from conftest import AuthHeaders
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event, update
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
-from support import ON_POSTGRESQL, AnyResponse, CreateProject, CreateTask, assert_refused, count
+from support import ON_POSTGRESQL, AnyResponse, CreateProject, CreateTask, assert_refused, count, holding_first
 
 from config import Settings
 from main import create_app
@@ -424,35 +423,18 @@ def test_delete_ignores_the_idempotency_key(client: TestClient, auth: AuthHeader
 def test_a_duplicate_arriving_while_the_first_still_runs_returns_409(
     live_server: Any, auth: AuthHeaders, db: Engine
 ) -> None:
-    engine = live_server.app.state.engine
     headers = {**keyed(auth, "bob", new_key()), "Connection": "close"}
     body = {"title": "Slow work"}
-    held, release = threading.Event(), threading.Event()
-    lock = threading.Lock()
-
-    def hold_the_first_audit_insert(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "INSERT INTO audit_log" not in statement:
-            return
-        with lock:
-            if held.is_set():
-                return
-            held.set()
-        release.wait(timeout=10)
-
+    auditing = holding_first(live_server.app.state.engine, lambda statement: "INSERT INTO audit_log" in statement)
     with httpx.Client(base_url=live_server.url, timeout=30) as http:
         assert http.get("/api/tasks", headers=auth("bob")).status_code == 200  # bob's worker row exists
-        event.listen(engine, "before_cursor_execute", hold_the_first_audit_insert)
-        try:
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                first = pool.submit(http.post, "/api/tasks", json=body, headers=headers)
-                assert held.wait(timeout=10), "the first request never reached its audit insert"
-                duplicate = http.post("/api/tasks", json=body, headers=headers)
-                other_body = http.post("/api/tasks", json={"title": "Else"}, headers=headers)
-                release.set()
-                original = first.result(timeout=30)
-        finally:
+        with auditing as (held, release), ThreadPoolExecutor(max_workers=1) as pool:
+            first = pool.submit(http.post, "/api/tasks", json=body, headers=headers)
+            assert held.wait(timeout=10), "the first request never reached its audit insert"
+            duplicate = http.post("/api/tasks", json=body, headers=headers)
+            other_body = http.post("/api/tasks", json={"title": "Else"}, headers=headers)
             release.set()
-            event.remove(engine, "before_cursor_execute", hold_the_first_audit_insert)
+            original = first.result(timeout=30)
         replayed = http.post("/api/tasks", json=body, headers=headers)
 
     assert_refused(duplicate, 409, "idempotency_in_progress")

@@ -6,7 +6,6 @@ Project "demo" is owned by alice with bob as a member; project "other" is alice'
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +16,9 @@ import httpx2
 import pytest
 from conftest import AuthHeaders
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, text
 from sqlmodel import Session, select
-from support import ON_POSTGRESQL, CreateProject, CreateTask, assert_refused, audit_rows
+from support import ON_POSTGRESQL, CreateProject, CreateTask, assert_refused, audit_rows, holding_first
 
 from models import Task, TaskDependency
 
@@ -499,38 +498,24 @@ def add_two_at_once(
     live_server: Any, auth: AuthHeaders, db: Engine, first_edge: tuple[int, int], second_edge: tuple[int, int]
 ) -> list[httpx.Response]:
     """Add `first_edge`, holding it just before its insert, while `second_edge` is added; then let it go on."""
-    engine = live_server.app.state.engine
-    held, release = threading.Event(), threading.Event()
-    lock = threading.Lock()
-
-    def hold_the_first_insert(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if not statement.startswith("INSERT INTO task_dependency"):
-            return
-        with lock:
-            if held.is_set():
-                return
-            held.set()
-        release.wait(timeout=10)
 
     def post(edge: tuple[int, int]) -> httpx.Response:
         with httpx.Client(base_url=live_server.url, headers={**auth("bob"), "Connection": "close"}) as http:
             return http.post(f"/api/tasks/{edge[0]}/dependencies", json={"depends_on": edge[1]}, timeout=30)
 
-    event.listen(engine, "before_cursor_execute", hold_the_first_insert)
-    try:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            first = pool.submit(post, first_edge)
-            assert held.wait(timeout=10), "the first request never reached its insert"
-            second = pool.submit(post, second_edge)
-            deadline = time.monotonic() + 10
-            # Let the second request run until it either answers or waits for a lock the first one holds.
-            while not second.done() and not waiting_on_a_lock(db) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            release.set()
-            return [first.result(timeout=30), second.result(timeout=30)]
-    finally:
+    inserting_an_edge = holding_first(
+        live_server.app.state.engine, lambda statement: statement.startswith("INSERT INTO task_dependency")
+    )
+    with inserting_an_edge as (held, release), ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(post, first_edge)
+        assert held.wait(timeout=10), "the first request never reached its insert"
+        second = pool.submit(post, second_edge)
+        deadline = time.monotonic() + 10
+        # Let the second request run until it either answers or waits for a lock the first one holds.
+        while not second.done() and not waiting_on_a_lock(db) and time.monotonic() < deadline:
+            time.sleep(0.01)
         release.set()
-        event.remove(engine, "before_cursor_execute", hold_the_first_insert)
+        return [first.result(timeout=30), second.result(timeout=30)]
 
 
 postgresql_only = pytest.mark.skipif(
