@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     db_lock_timeout: float = Field(default=10.0, ge=0, le=3600)
     db_idle_in_transaction_timeout: float = Field(default=60.0, ge=0, le=3600)
     auto_migrate: bool = True
+    # Where this process LISTENs for commits that wake waiting requests (PostgreSQL only). Empty:
+    # DATABASE_URL. A transaction-mode pooler (Neon's `-pooler` host, PgBouncer) cannot LISTEN:
+    # point this at the direct host.
+    listen_database_url: str = ""
+    # How often a waiting request checks again even if nothing woke it: the bound on how late a
+    # missed notification, or work that became claimable by a lease running out, is noticed.
+    wait_recheck_seconds: float = Field(default=5.0, gt=0, le=15)
 
     auth_server_url: str = "http://localhost:3001"
     # Empty means "derive from AUTH_SERVER_URL".
@@ -113,9 +120,11 @@ class Settings(BaseSettings):
     def _otel_endpoint(cls, value: str) -> str:
         return value and _http_url(value, "OTEL_EXPORTER_OTLP_ENDPOINT")
 
-    @field_validator("database_url")
+    @field_validator("database_url", "listen_database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
+        if not value:  # LISTEN_DATABASE_URL unset
+            return value
         try:
             backend = make_url(value).get_backend_name()
         except ArgumentError:

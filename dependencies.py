@@ -14,7 +14,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from anyio.to_thread import current_default_thread_limiter
 from fastapi import Body, Depends, Header, Path, Query, Request, Response
@@ -41,7 +41,9 @@ from database import mark_read_only
 from errors import BUSY_RETRY_AFTER_SECONDS, ServiceUnavailable, Unauthorized
 from models import MAX_ID, MAX_LEASE_SECONDS, MAX_OFFSET, SLUG_PATTERN, WORKER_ID_PATTERN, ClaimRequest
 from ratelimit import RateLimiter
+from wakeups import Wakeups
 
+T = TypeVar("T")
 READ_METHODS = frozenset({"GET", "HEAD"})
 # Worker ids known to have a row. Workers are never deleted, so an id only ever leaves by eviction.
 KNOWN_WORKERS_SIZE = 100_000
@@ -136,9 +138,10 @@ class RequestSession(Session):
     the session's flushes go into it (the ORM never commits: `join_transaction_mode`).
     """
 
-    def __init__(self, engine: Engine, reading: bool, known_workers: KnownWorkers) -> None:
+    def __init__(self, engine: Engine, reading: bool, known_workers: KnownWorkers, wakeups: Wakeups) -> None:
         super().__init__(expire_on_commit=False, join_transaction_mode="rollback_only")
         self.engine = engine
+        self.wakeups = wakeups
         self.reading = reading
         self.known_workers = known_workers
         self.actor = SYSTEM
@@ -207,7 +210,7 @@ async def get_session(request: Request) -> RequestSession:
             "Too many requests are waiting to run; retry shortly",
             headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
         )
-    session = RequestSession(state.engine, request.method in READ_METHODS, state.known_workers)
+    session = RequestSession(state.engine, request.method in READ_METHODS, state.known_workers, state.wakeups)
     session.idempotency = await idempotency.read_key(request)
     return session
 
@@ -288,6 +291,58 @@ Claim = Annotated[ClaimRequest, Depends(get_claim)]
 # ---------------------------------------------------------------- the route class
 
 
+def run_request(session: RequestSession, actor: Actor, respond: Callable[[], T]) -> T:
+    """Run `respond` in the session's one transaction and commit, as every route does: in a thread.
+
+    The caller's worker row is written first when they are new, and an `Idempotency-Key` is
+    checked first and saved with the response. Async routes that wait between transactions
+    call this once per transaction, through `in_transaction`.
+    """
+    with session:
+        try:
+            session.begin_for(actor)
+            response = _attempt(session, respond)
+        except DBAPIError as error:
+            # A connection the server closed since its last use fails on its first statement;
+            # SQLAlchemy has already replaced it. Nothing was committed, so run once more.
+            if not error.connection_invalidated or session.committing:
+                raise
+            session.close()
+            session.begin_for(actor)
+            response = _attempt(session, respond)
+    return response
+
+
+def _attempt(session: RequestSession, respond: Callable[[], T]) -> T:
+    session.committing = False
+    session.pending = None
+    worker_type = None
+    try:
+        if session.register:
+            worker_type = services.register_human(session, session.actor)
+        if session.idempotency is not None:
+            session.pending = idempotency.begin(session, session.actor.id, *session.idempotency)
+        response = respond()
+        if session.pending is not None and isinstance(response, Response):
+            session.pending.save(response.status_code, bytes(response.body), dict(response.headers))
+        session.committing = True
+        session.finish()
+    except BaseException:
+        session.close()
+        raise
+    if worker_type is not None:
+        session.known_workers.add(session.actor.id, worker_type)
+        session.register = False
+    if not session.read_only:
+        session.wakeups.committed()
+    return response
+
+
+async def in_transaction(session: RequestSession, actor: Actor, respond: Callable[[], T]) -> T:
+    """`run_request` from an async route: one transaction in the thread pool, and back."""
+    return await run_in_threadpool(run_request, session, actor, respond)
+
+
 class TaskFlowRoute(APIRoute):
     """A route whose plain `def` endpoint, serialization and commit run in one thread-pool call.
 
@@ -320,41 +375,7 @@ class TaskFlowRoute(APIRoute):
         actor = next((value for value in values.values() if isinstance(value, Actor)), None)
         if actor is None:
             raise TypeError(f"{endpoint.__name__} takes a session but not the caller (CurrentUser)")
-        with session:
-            try:
-                session.begin_for(actor)
-                response = self._attempt(session, endpoint, values)
-            except DBAPIError as error:
-                # A connection the server closed since its last use fails on its first statement;
-                # SQLAlchemy has already replaced it. Nothing was committed, so run once more.
-                if not error.connection_invalidated or session.committing:
-                    raise
-                session.close()
-                session.begin_for(actor)
-                response = self._attempt(session, endpoint, values)
-        return response
-
-    def _attempt(self, session: RequestSession, endpoint: Callable[..., Any], values: dict[str, Any]) -> Response:
-        session.committing = False
-        session.pending = None
-        worker_type = None
-        try:
-            if session.register:
-                worker_type = services.register_human(session, session.actor)
-            if session.idempotency is not None:
-                session.pending = idempotency.begin(session, session.actor.id, *session.idempotency)
-            response = self._render(endpoint(**values), values)
-            if session.pending is not None:
-                session.pending.save(response.status_code, bytes(response.body), dict(response.headers))
-            session.committing = True
-            session.finish()
-        except BaseException:
-            session.close()
-            raise
-        if worker_type is not None:
-            session.known_workers.add(session.actor.id, worker_type)
-            session.register = False
-        return response
+        return run_request(session, actor, lambda: self._render(endpoint(**values), values))
 
     def _render(self, content: Any, values: dict[str, Any]) -> Response:
         """Serialize what the endpoint returned, as FastAPI would, but here in the endpoint's thread."""

@@ -16,8 +16,11 @@ from types import FrameType
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, FastAPI, Query, Request, Response, status
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response, status
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import StreamingResponse
+from pydantic_core import to_json
+from sqlalchemy import make_url
 
 import devtoken
 import handlers
@@ -26,7 +29,7 @@ import swagger_ui
 import telemetry
 from auth import JWKSVerifier
 from config import VERSION, Settings, load_settings
-from database import Timeouts, check_connection, create_db_engine, migrate, outage
+from database import Timeouts, check_connection, create_db_engine, migrate, normalize_database_url, outage
 from dependencies import (
     Claim,
     CurrentUser,
@@ -45,18 +48,23 @@ from dependencies import (
     WorkerIdPath,
     etag,
     get_engine,
+    in_transaction,
 )
 from errors import (
     ERROR_CODES,
     MAX_HEADER_BYTES,
     ServiceUnavailable,
 )
+from events import EventReader
 from models import (
+    MAX_ID,
     AuditQuery,
     AuditRead,
     DatabaseHealth,
     DependencyCreate,
     ErrorBody,
+    EventPage,
+    EventQuery,
     Health,
     IdPage,
     MemberCreate,
@@ -81,6 +89,7 @@ from models import (
 )
 from ratelimit import RateLimiter
 from sweeper import LeaseSweeper
+from wakeups import NothingYet, Topic, Wakeups
 from workflow import TaskRecord, as_read
 
 logger = logging.getLogger("taskflow")
@@ -229,20 +238,29 @@ def list_tasks(
     "/tasks/claim",
     response_model=TaskRead,
     tags=["workflow"],
-    responses={204: {"description": "Nothing is ready for you"}, **RULE_ERRORS},
+    responses={204: {"description": "Nothing is ready for you (within `wait_seconds`)"}, **RULE_ERRORS},
 )
-def claim_task(
-    response: Response,
-    session: SessionDep,
-    user: CurrentUser,
-    claim: Claim,
-) -> Any:
-    """Start the best task that is ready for you (priority, then due date, then age); 204 if there is none."""
-    task = services.claim_task(session, user, claim)
-    telemetry.count_claim(task is not None)
-    if task is None:
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return tagged(response, task)
+async def claim_task(request: Request, session: SessionDep, user: CurrentUser, claim: Claim) -> Response:
+    """Start the best task that is ready for you (priority, then due date, then age); 204 if there is none.
+
+    With `wait_seconds`, a claim that finds nothing waits, holding no connection, until a task
+    becomes ready for you (created, released, unblocked, a lease running out, a dependency done,
+    assigned to you) and claims it, or answers 204 when the time is up. Wait instead of polling.
+    """
+
+    def attempt(final: bool) -> Response:
+        task = services.claim_task(session, user, claim)
+        if task is None and not final:
+            raise NothingYet  # rolled back: nothing of this attempt is kept, and the waiting goes on
+        telemetry.count_claim(task is not None)
+        if task is None:
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+        read = as_read(task, utc_now())
+        return Response(to_json(read), media_type="application/json", headers={"ETag": etag(read["version"])})
+
+    return await wakeups_of(request).wait_for(
+        Topic.work, claim.wait_seconds, lambda final: in_transaction(session, user, lambda: attempt(final))
+    )
 
 
 @api.get("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"])
@@ -544,7 +562,89 @@ def list_audit(
     return counted(request, response, services.list_audit(session, user, filters))
 
 
+# ---------------------------------------------------------------- the event feed
+
+EVENTS_DESCRIPTION = (
+    "The audit rows you may see, as events, oldest first: every one exactly once, in feed order, "
+    "however many writers commit at once. Follow it with `after=<next_after>`. With `wait_seconds`, "
+    "an empty answer waits (holding no connection) until an event arrives or the time is up."
+)
+SSE_CONTENT = {"text/event-stream": {"schema": {"type": "string"}}}
+LastEventId = Annotated[
+    int | None,
+    Header(alias="Last-Event-ID", ge=0, le=MAX_ID, description="The `id` of the last event received: resume after it"),
+]
+
+
+@api.get(
+    "/events",
+    response_model=EventPage,
+    tags=["events"],
+    description=EVENTS_DESCRIPTION,
+    responses={400: _error("`after` is not the id of an event")},
+)
+async def list_events(
+    query: Annotated[EventQuery, Query()], request: Request, session: SessionDep, user: CurrentUser
+) -> Response:
+    """The event feed after a cursor, one page at a time; long-polls with `wait_seconds`."""
+    feed = EventReader(session, user, query)
+
+    def attempt(final: bool) -> Response:
+        page = feed.read()
+        if not page["events"] and not final:
+            raise NothingYet
+        return Response(to_json(page), media_type="application/json")
+
+    return await wakeups_of(request).wait_for(
+        Topic.events, query.wait_seconds, lambda final: in_transaction(session, user, lambda: attempt(final))
+    )
+
+
+@api.get(
+    "/events/stream",
+    response_class=StreamingResponse,
+    tags=["events"],
+    responses={
+        200: {"content": SSE_CONTENT, "description": "Server-Sent Events"},
+        400: _error("`after` is not the id of an event"),
+    },
+)
+async def stream_events(
+    query: Annotated[EventQuery, Query()],
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    last_event_id: LastEventId = None,
+) -> StreamingResponse:
+    """The event feed as Server-Sent Events, live: `id:` is the cursor, `event:` the type, `data:` the event.
+
+    Reconnect with `Last-Event-ID` (browsers do) to resume exactly where it stopped. A comment line
+    keeps the connection alive at least every 15 seconds. `wait_seconds` does not apply.
+    """
+    if last_event_id is not None:
+        query = query.model_copy(update={"after": last_event_id})
+    feed = EventReader(session, user, query)
+    await in_transaction(session, user, feed.start)  # a bad cursor is a 400 before the stream begins
+    return StreamingResponse(
+        feed.stream(wakeups_of(request), lambda read: in_transaction(session, user, read)),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
+    )
+
+
 # ---------------------------------------------------------------- the app
+
+
+def listen_url(settings: Settings) -> str | None:
+    """Where to LISTEN for commits, on PostgreSQL; None on SQLite, where this process wakes its own waiters."""
+    if make_url(settings.database_url).get_backend_name() not in {"postgresql", "postgres"}:
+        return None
+    return normalize_database_url(settings.listen_database_url or settings.database_url)
+
+
+def wakeups_of(request: Request) -> Wakeups:
+    wakeups: Wakeups = request.app.state.wakeups
+    return wakeups
 
 
 def build_verifier(settings: Settings) -> JWKSVerifier:
@@ -579,6 +679,11 @@ def drain_on_signals(app: FastAPI) -> Callable[[], None]:
 
     def mark_draining(signum: int, frame: FrameType | None) -> None:
         app.state.draining = True
+        # Waiting claims and event reads answer now, and streams end, so that the server's
+        # graceful shutdown is not spent waiting for them.
+        wakeups: Wakeups | None = getattr(app.state, "wakeups", None)
+        if wakeups is not None:
+            wakeups.drain()
         handler = previous[signum]
         if callable(handler):
             handler(signum, frame)
@@ -615,7 +720,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         telemetry.instrument_engine(engine, settings)
         verifier = build_verifier(settings)
-        sweeper = LeaseSweeper(engine, settings.lease_sweep_seconds)
+        wakeups = Wakeups(
+            listen_url(settings),
+            settings.wait_recheck_seconds,
+            # Checks after a wake-up use at most half the request threads: the rest stay for everyone else.
+            concurrent_checks=max(1, settings.db_pool_size // 2),
+        )
+        sweeper = LeaseSweeper(engine, settings.lease_sweep_seconds, swept=wakeups.committed)
         # As many request threads as pooled connections: a thread never waits for one, and
         # requests beyond that wait on the event loop, holding nothing but their socket.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
@@ -629,6 +740,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 migrate(engine)
             app.state.engine = engine
             app.state.verifier = verifier
+            app.state.wakeups = wakeups
+            wakeups.start()
             app.state.known_workers = KnownWorkers()
             if settings.lease_sweep_seconds:
                 sweeper.start()
@@ -642,7 +755,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.draining = True
+            wakeups.drain()
             restore_signals()
+            wakeups.stop()
             sweeper.stop()
             verifier.close()
             engine.dispose()

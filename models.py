@@ -170,6 +170,16 @@ ParentId = Annotated[Id | None, BeforeValidator(_zero_is_none)]
 DueDate = Annotated[datetime | None, AfterValidator(_aware)]
 MAX_LEASE_SECONDS = 7 * 24 * 3600
 LeaseSeconds = Annotated[int, PydanticField(ge=1, le=MAX_LEASE_SECONDS)]
+MAX_WAIT_SECONDS = 60
+WaitSeconds = Annotated[
+    int,
+    PydanticField(
+        ge=0,
+        le=MAX_WAIT_SECONDS,
+        description="When there is nothing yet, wait up to this many seconds for it instead of answering at once",
+    ),
+]
+
 
 Offset = Annotated[
     int, PydanticField(ge=0, le=MAX_OFFSET, description=f"Rows to skip (at most {MAX_OFFSET:,}; then use `after`)")
@@ -454,6 +464,7 @@ class ClaimRequest(SQLModel):
     project: Slug | None = None
     min_priority: TaskPriority | None = None
     lease_seconds: LeaseSeconds | None = None
+    wait_seconds: WaitSeconds = 0
 
 
 class DependencyCreate(SQLModel):
@@ -518,6 +529,7 @@ class AuditLog(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_audit_log_task_id_id", "task_id", "id"),
         sa.Index("ix_audit_log_project_slug_id", "project_slug", "id"),
+        sa.Index("ix_audit_log_feed_tx_id", "feed_tx", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -531,6 +543,9 @@ class AuditLog(SQLModel, table=True):
     context: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON().with_variant(JSONB(), "postgresql"))
     request_id: str | None = Field(default=None, max_length=128)
     timestamp: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime, index=True)
+    # The row's place in the event feed, set by the database (see the 0006 migration): no default
+    # here, so no INSERT ever names it.
+    feed_tx: int = Field(default=0, sa_column=sa.Column(sa.BigInteger(), server_default="0", nullable=False))
 
 
 class AuditRead(SQLModel):
@@ -566,6 +581,54 @@ class AuditQuery(IdPage):
     action: Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z_.]+$")] | None = None
     since: DueDate = None
     until: DueDate = None
+
+
+# ---------------------------------------------------------------- the event feed
+
+
+class EventQuery(SQLModel):
+    """The filters of `GET /api/events` and its stream; every one narrows the feed."""
+
+    after: int | None = PydanticField(
+        default=None,
+        ge=0,
+        le=MAX_ID,
+        description="The `id` of the last event you have (0: from the start). Without it, the feed starts now",
+    )
+    limit: int = PydanticField(default=100, ge=1, le=500)
+    project: Slug | None = None
+    task_id: Id | None = None
+    type: list[AuditAction] | None = PydanticField(default=None, max_length=len(AuditAction))
+    mentioning: WorkerId | None = PydanticField(default=None, description="Only comments that mention this worker id")
+    wait_seconds: WaitSeconds = 0
+
+
+class EventComment(SQLModel):
+    """The comment an event is about, as it was after the change (`body` is null once deleted)."""
+
+    id: int
+    body: str | None
+    mentions: list[str] | None
+
+
+class Event(SQLModel):
+    id: int = PydanticField(description="The event's place in the feed: pass it as `after` to continue")
+    type: str = PydanticField(description="The audit action")
+    at: datetime
+    actor_id: str
+    actor_type: WorkerType
+    owner_id: str | None
+    task_id: int | None
+    project_slug: str | None
+    changes: dict[str, Any]
+    comment: EventComment | None = None
+
+
+class EventPage(SQLModel):
+    events: list[Event]
+    next_after: int = PydanticField(
+        description="Where to continue: pass it as `after`. It moves past events you may not see, too"
+    )
 
 
 # ---------------------------------------------------------------- plain responses

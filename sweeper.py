@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from sqlalchemy import Engine
 
@@ -22,9 +23,11 @@ BATCH = 200
 
 
 class LeaseSweeper:
-    def __init__(self, engine: Engine, interval: float) -> None:
+    def __init__(self, engine: Engine, interval: float, swept: Callable[[], None] = lambda: None) -> None:
         self.engine = engine
         self.interval = interval
+        # Told after a sweep handed tasks back: they are claimable again, and claims may be waiting.
+        self.swept = swept
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="taskflow-lease-sweeper", daemon=True)
 
@@ -57,4 +60,5 @@ class LeaseSweeper:
                 logger.exception("The lease sweep failed")
                 continue
             if swept:
+                self.swept()
                 logger.info("Handed back %d task(s) whose lease ran out", swept)

@@ -399,7 +399,7 @@ def certificates_read_when_checked() -> Iterator[None]:
 
 # What the lifespan puts on app.state, besides what create_app itself does; an app with anything
 # else there is never shared, since no reset here would know to renew it.
-APP_STATE = {"settings", "draining", "outage_log", "rate_limiter", "engine", "verifier", "known_workers"}
+APP_STATE = {"settings", "draining", "outage_log", "rate_limiter", "engine", "verifier", "known_workers", "wakeups"}
 
 
 @dataclass
@@ -499,6 +499,7 @@ class AppPool:
             and state.engine is running.engine
             and state.rate_limiter is None
             and not state.draining
+            and not state.wakeups.draining
             and not running.app.dependency_overrides
         )
         portal = running.client.portal

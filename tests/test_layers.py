@@ -18,11 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER_LAYERS: list[set[str]] = [
     # Foundations: they import no TaskFlow module.
     {"config", "models", "errors", "auth", "database", "devtoken", "swagger_ui"},
-    {"telemetry", "audit"},
+    {"telemetry", "audit", "wakeups"},
     # The access policy; rate limits and idempotency keys, which apply to every request alike.
     {"access", "ratelimit", "idempotency"},
     {"workflow"},
-    {"services", "sweeper"},
+    {"services", "sweeper", "events"},
     # The HTTP edge: what routes receive, and how failures are answered.
     {"dependencies", "handlers"},
     {"main"},

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import schemathesis
 from conftest import AuthHeaders
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
@@ -37,12 +37,14 @@ from support import app_of
 
 import access
 import errors
+import main
 import services
 import workflow
 from config import Settings
 from dependencies import get_current_user, get_session
 from idempotency import check_idempotency_key
 from main import create_app
+from wakeups import Wakeups
 
 # ---------------------------------------------------------------- what a route can answer
 
@@ -191,14 +193,26 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @pytest.fixture
-def board(client: TestClient, auth: AuthHeaders) -> FastAPI:
-    """The app with something to act on: a project the caller owns, with a few tasks."""
+def board(client: TestClient, auth: AuthHeaders, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
+    """The app with something to act on: a project the caller owns, with a few tasks.
+
+    Its waits end at once, as when the server stops: a long-poll answers after one look, and the
+    event stream after its first line, so that each generated request gets a whole response.
+    """
     headers = auth("alice", role="admin")
     assert client.post("/api/projects", json={"slug": "demo", "name": "Demo"}, headers=headers).status_code == 201
     for title in ("one", "two", "three"):
         created = client.post("/api/tasks", json={"title": title, "project_slug": "demo"}, headers=headers)
         assert created.status_code == 201
     app = app_of(client)
+
+    # Schemathesis runs the app's lifespan again, which makes new wakeups: set on whichever serves.
+    def draining(request: Request) -> Wakeups:
+        wakeups: Wakeups = request.app.state.wakeups
+        wakeups.draining = True
+        return wakeups
+
+    monkeypatch.setattr(main, "wakeups_of", draining)
     return app
 
 
