@@ -9,7 +9,7 @@ import functools
 import hashlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,6 +295,21 @@ def advisory_lock(session: Session, name: str, *, wait: bool = True) -> bool:
 
 def alembic_config() -> Config:
     return Config(str(ALEMBIC_INI))
+
+
+def include_on(dialect_name: str) -> Callable[..., bool]:
+    """Alembic's `include_object` for a database of `dialect_name`: it leaves out what the models
+    create on other dialects only (`.ddl_if(dialect=...)`, such as PostgreSQL's GIN index), so that
+    comparing the models with a migrated SQLite database does not ask for it."""
+
+    def include(schema_object: Any, _name: str | None, _type: str, _reflected: bool, _compare_to: Any) -> bool:
+        condition = getattr(schema_object, "_ddl_if", None)
+        if condition is None or condition.dialect is None:
+            return True
+        dialects = (condition.dialect,) if isinstance(condition.dialect, str) else tuple(condition.dialect)
+        return dialect_name in dialects
+
+    return include
 
 
 def migrate(engine: Engine) -> None:

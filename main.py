@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, FastAPI, Header, Query, Request, Response, status
+from fastapi import APIRouter, Body, FastAPI, Header, Query, Request, Response, status
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import StreamingResponse
 from pydantic_core import to_json
@@ -79,6 +79,7 @@ from models import (
     TaskCreate,
     TaskQuery,
     TaskRead,
+    TaskResult,
     TaskUpdate,
     Worker,
     WorkerCreate,
@@ -321,10 +322,18 @@ def submit_for_review(
 
 @api.post("/tasks/{task_id}/complete", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)
 def complete_task(
-    task_id: TaskId, response: Response, session: SessionDep, user: CurrentUser, expected_version: ExpectedVersion
+    task_id: TaskId,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    expected_version: ExpectedVersion,
+    result: Annotated[
+        TaskResult | None, Body(description="What was delivered: kept as the task's `result` (optional)")
+    ] = None,
 ) -> dict[str, Any]:
     """Complete a task in progress or in review (its assignee or a project owner); progress becomes 100."""
-    return tagged(response, services.complete_task(session, user, task_id, expected_version=expected_version))
+    task = services.complete_task(session, user, task_id, result, expected_version=expected_version)
+    return tagged(response, task)
 
 
 @api.post("/tasks/{task_id}/block", response_model=TaskRead, tags=["workflow"], responses=GUARDED_ERRORS)

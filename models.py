@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, BeforeValidator, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, HttpUrl, StringConstraints, field_validator, model_validator
 from pydantic import Field as PydanticField
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
@@ -128,6 +128,16 @@ def _not_null(value: Any) -> Any:
     return value
 
 
+def _lowercase(value: Any) -> Any:
+    # Only strings: anything else is left for the type check to refuse.
+    return value.lower() if isinstance(value, str) else value
+
+
+def _label_set(labels: list[str]) -> list[str]:
+    # A set, stored and returned in one order, so that equal sets are equal values (and audit no change).
+    return sorted(set(labels))
+
+
 def _aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -165,6 +175,12 @@ Note = Annotated[
 ]
 Slug = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SLUG_PATTERN)]
 WorkerId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=WORKER_ID_PATTERN)]
+MAX_LABELS = 20
+LABEL_PATTERN = r"^[a-z0-9][a-z0-9._:-]*$"
+Label = Annotated[
+    str, BeforeValidator(_lowercase), StringConstraints(min_length=1, max_length=50, pattern=LABEL_PATTERN)
+]
+Labels = Annotated[list[Label], PydanticField(max_length=MAX_LABELS), AfterValidator(_label_set)]
 Id = Annotated[int, PydanticField(ge=1, le=MAX_ID)]
 ParentId = Annotated[Id | None, BeforeValidator(_zero_is_none)]
 DueDate = Annotated[datetime | None, AfterValidator(_aware)]
@@ -318,6 +334,10 @@ class MemberRead(SQLModel):
 
 # ---------------------------------------------------------------- tasks
 
+JSON_TYPE = sa.JSON().with_variant(JSONB(), "postgresql")
+# None is SQL NULL, not the JSON value `null`: "no result" is one state, found by IS NULL.
+JSON_OR_NULL = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
 
 class Task(SQLModel, table=True):
     # History is kept by task id, so an id is never reused (SQLite would reuse the highest one).
@@ -351,6 +371,10 @@ class Task(SQLModel, table=True):
     # A claim that is not renewed by then is lost; null means it never expires.
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     lease_seconds: int | None = Field(default=None)
+    # A sorted set of routing labels; `labels @> '["a"]'` is served by a GIN index on PostgreSQL.
+    labels: list[str] = Field(default_factory=list, sa_type=JSON_TYPE, sa_column_kwargs={"server_default": "[]"})
+    # What the last completion delivered (`TaskResult` as JSON); emptied when the task is reopened.
+    result: dict[str, Any] | None = Field(default=None, sa_type=JSON_OR_NULL)
 
 
 # Written by the database, read only by ORDER BY: a column of the table that the ORM does not
@@ -371,6 +395,8 @@ sa.Index(
     postgresql_where=TASK_TABLE.c.status == "pending",
     sqlite_where=TASK_TABLE.c.status == "pending",
 )
+# Containment (`@>`) of labels. SQLite has no index that could serve it: there, only PostgreSQL has it.
+sa.Index("ix_task_labels", TASK_TABLE.c.labels, postgresql_using="gin").ddl_if(dialect="postgresql")
 
 
 class TaskDependency(SQLModel, table=True):
@@ -407,6 +433,24 @@ class IdempotencyKey(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime, index=True)
 
 
+class Artifact(SQLModel):
+    """Something a completed task delivered, by name and http(s) link."""
+
+    model_config = STRICT_BODY
+
+    name: Name
+    url: HttpUrl
+
+
+class TaskResult(SQLModel):
+    """What completing a task delivered: a summary and links to its artifacts."""
+
+    model_config = STRICT_BODY
+
+    summary: Description | None = None
+    artifacts: list[Artifact] = PydanticField(default_factory=list, max_length=20)
+
+
 class TaskCreate(SQLModel):
     """A new task always starts `pending`; status changes go through the workflow."""
 
@@ -419,6 +463,7 @@ class TaskCreate(SQLModel):
     project_slug: Slug | None = None
     parent_id: ParentId = None
     due_date: DueDate = None
+    labels: Labels = PydanticField(default_factory=list)
 
 
 class TaskUpdate(SQLModel):
@@ -434,8 +479,10 @@ class TaskUpdate(SQLModel):
     project_slug: Slug | None = None
     parent_id: ParentId = None
     due_date: DueDate = None
+    # Replaces the whole set; [] empties it.
+    labels: Labels | None = None
 
-    _required = field_validator("title", "status", "priority")(_not_null)
+    _required = field_validator("title", "status", "priority", "labels")(_not_null)
 
 
 class TaskRead(SQLModel):
@@ -454,6 +501,8 @@ class TaskRead(SQLModel):
     updated_at: datetime
     version: int
     lease_expires_at: datetime | None
+    labels: list[str]
+    result: TaskResult | None
 
 
 class ClaimRequest(SQLModel):
@@ -464,6 +513,7 @@ class ClaimRequest(SQLModel):
     project: Slug | None = None
     min_priority: TaskPriority | None = None
     lease_seconds: LeaseSeconds | None = None
+    labels: Labels = PydanticField(default_factory=list, description="Only tasks carrying every one of these labels")
     wait_seconds: WaitSeconds = 0
 
 
@@ -483,6 +533,7 @@ class TaskQuery(SQLModel):
     parent_id: ParentId = None
     q: Annotated[Text, StringConstraints(max_length=200)] | None = None
     ready: bool | None = None
+    label: Labels = PydanticField(default_factory=list, description="Only tasks carrying every label given (repeat it)")
     sort: TaskSort = TaskSort.created_at
     limit: int = PydanticField(default=50, ge=1, le=100)
     offset: Offset = 0

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Enum,
     Integer,
@@ -39,6 +40,9 @@ from sqlalchemy import (
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -67,6 +71,7 @@ from access import (
 from database import advisory_lock, connection_of
 from errors import BadRequest, Conflict, NotFound
 from models import (
+    JSON_TYPE,
     MAX_ID,
     PRIORITY_RANK,
     TASK_TABLE,
@@ -89,6 +94,7 @@ from models import (
     TaskDependency,
     TaskPriority,
     TaskQuery,
+    TaskResult,
     TaskSort,
     TaskStatus,
     TaskUpdate,
@@ -501,6 +507,35 @@ def list_tasks(session: Session, actor: Actor, filters: TaskQuery) -> Page:
 
 
 _NOW = bindparam("now", type_=UTCDateTime())
+
+
+class has_every_label(FunctionElement[bool]):
+    """`has_every_label(labels_column, wanted)`: the JSON array `labels_column` holds every string of
+    the JSON array `wanted`. One parameter whatever the number of labels, so one statement per shape."""
+
+    type = Boolean()
+    name = "has_every_label"
+    inherit_cache = True
+
+
+@compiles(has_every_label, "postgresql")
+def _has_every_label_postgresql(element: has_every_label, compiler: SQLCompiler, **kw: Any) -> str:
+    labels, wanted = element.clauses
+    # Containment: what the GIN index on task.labels serves.
+    return f"({compiler.process(labels, **kw)} @> {compiler.process(wanted, **kw)})"
+
+
+@compiles(has_every_label, "sqlite")
+def _has_every_label_sqlite(element: has_every_label, compiler: SQLCompiler, **kw: Any) -> str:
+    labels, wanted = element.clauses
+    return (
+        f"NOT EXISTS (SELECT 1 FROM json_each({compiler.process(wanted, **kw)}) AS wanted_label "
+        f"WHERE wanted_label.value NOT IN (SELECT value FROM json_each({compiler.process(labels, **kw)})))"
+    )
+
+
+# Only tasks carrying every label of the `labels` parameter (a list).
+_HAS_LABELS = has_every_label(TASK_TABLE.c.labels, bindparam("labels", type_=JSON_TYPE))
 # The filters of a list as the parts of its statement's shape; their values are parameters.
 Shape = tuple[tuple[str, Any], ...]
 
@@ -517,6 +552,9 @@ def _filter_shape(filters: TaskQuery) -> tuple[Shape, dict[str, Any]]:
         if value is not None:
             shape.append((name, None))
             params[name] = value
+    if filters.label:
+        shape.append(("labels", None))
+        params["labels"] = filters.label
     if filters.q:
         shape.append(("q", None))
         escaped = filters.q.replace("/", "//").replace("%", "/%").replace("_", "/_")
@@ -542,6 +580,8 @@ def _filter_conditions(shape: Shape) -> list[ColumnElement[bool]]:
             conditions += [TASK_TABLE.c.assigned_to == bindparam("assigned_to"), ~lease_ran_out(_NOW)]
         elif name == "q":
             conditions.append(TASK_TABLE.c.title.ilike(bindparam("q", type_=String()), escape="/"))
+        elif name == "labels":
+            conditions.append(_HAS_LABELS)
         else:
             column = _FILTER_COLUMNS[name]
             conditions.append(column == bindparam(name, type_=column.type))
@@ -716,8 +756,10 @@ def create_task(session: Session, actor: Actor, data: TaskCreate) -> dict[str, A
         "version": 1,
         "lease_expires_at": None,
         "lease_seconds": None,
+        "result": None,
     }
-    context = audit.created(fields)
+    # No labels is no value, as a null field is: the row names only what the task was given.
+    context = audit.created(fields if data.labels else {k: v for k, v in fields.items() if k != "labels"})
     task_id = audit.record_change(
         session,
         actor,
@@ -872,9 +914,16 @@ def submit_for_review(
 
 
 def complete_task(
-    session: Session, actor: Actor, task_id: int, *, expected_version: frozenset[int] | None = None
+    session: Session,
+    actor: Actor,
+    task_id: int,
+    result: TaskResult | None = None,
+    *,
+    expected_version: frozenset[int] | None = None,
 ) -> TaskRecord:
-    return _act(session, actor, task_id, workflow.COMPLETE, workflow.Asked(), expected_version)
+    """Complete the task, keeping what it delivered as its `result`; a result with nothing in it is none."""
+    stored = result.model_dump(mode="json") if result is not None and (result.summary or result.artifacts) else None
+    return _act(session, actor, task_id, workflow.COMPLETE, workflow.Asked(result=stored), expected_version)
 
 
 def block_task(
@@ -922,10 +971,12 @@ _CLAIM_ORDER = (
 )
 
 
-@functools.lru_cache(maxsize=8)
-def _claim_statement(admin: bool, in_project: bool, min_priority: bool) -> Select[Any]:
+@functools.lru_cache(maxsize=16)
+def _claim_statement(admin: bool, in_project: bool, min_priority: bool, labelled: bool) -> Select[Any]:
     """The pick of a claim of this shape, built once."""
     query = _CLAIMABLE_BY[admin]
+    if labelled:
+        query = query.where(_HAS_LABELS)
     if in_project:
         query = query.where(TASK_TABLE.c.project_slug == bindparam("project", type_=String()))
     if min_priority:
@@ -946,7 +997,11 @@ def claim_task(session: Session, actor: Actor, request: ClaimRequest) -> TaskRec
         params["project"] = request.project
     if request.min_priority is not None:
         params["min_rank"] = PRIORITY_RANK[request.min_priority]
-    query = _claim_statement(actor.is_admin, request.project is not None, request.min_priority is not None)
+    if request.labels:
+        params["labels"] = request.labels
+    query = _claim_statement(
+        actor.is_admin, request.project is not None, request.min_priority is not None, bool(request.labels)
+    )
     connection = connection_of(session)
     picked = connection.execute(query, params).first()
     if (picked is None or picked.leases_ran_out) and expire_leases(session, limit=CLAIM_SWEEP_LIMIT):

@@ -26,6 +26,7 @@ from rich.text import Text
 from taskflow_client import (
     JSON,
     ApiError,
+    Artifact,
     ClearableTaskField,
     ClientError,
     ConfigurationError,
@@ -49,8 +50,10 @@ class Clearable(enum.StrEnum):
     project = "project"
     parent = "parent"
     due = "due"
+    label = "label"
 
 
+# Labels are a set, never null: `--clear label` sends the empty set instead.
 CLEARED: dict[Clearable, ClearableTaskField] = {
     Clearable.description: "description",
     Clearable.assign: "assigned_to",
@@ -259,6 +262,7 @@ def render_task(console: Console, task: JSON) -> None:
         ("parent", "parent_id"),
         ("due", "due_date"),
         ("lease until", "lease_expires_at"),
+        ("labels", "labels"),
         ("version", "version"),
         ("created by", "created_by"),
         ("created", "created_at"),
@@ -269,11 +273,18 @@ def render_task(console: Console, task: JSON) -> None:
         value = task[key]
         if key.endswith(("_at", "_date")):
             value = when(value, seconds=True)
+        elif key == "labels":
+            value = ", ".join(value or [])
         elif key == "progress_percent":
             value = f"{value}%"
         table.add_row(label, cell(value))
     if task.get("description"):
         table.add_row("description", cell(task["description"]))
+    result = task.get("result") or {}
+    if result.get("summary"):
+        table.add_row("summary", cell(result["summary"]))
+    for artifact in result.get("artifacts") or []:
+        table.add_row("artifact", cell(f"{artifact['name']}: {artifact['url']}"))
     console.print(table)
 
 
@@ -425,6 +436,10 @@ def logout() -> None:
 # ---------------------------------------------------------------- tasks
 
 
+def label_option(help_text: str) -> Any:
+    return typer.Option("--label", "-l", help=f"{help_text} Repeatable.", show_default=False)
+
+
 @app.command("list")
 def list_tasks(
     ctx: typer.Context,
@@ -437,6 +452,7 @@ def list_tasks(
     parent: Annotated[int | None, typer.Option(help="Only subtasks of this task id.", min=1)] = None,
     search: Annotated[str | None, typer.Option("--search", "-q", help="Title contains this (any case).")] = None,
     ready: Annotated[bool, typer.Option("--ready", help="Only tasks you could claim now.")] = False,
+    label: Annotated[list[str] | None, label_option("Only tasks carrying this label (all of those given).")] = None,
     sort: Annotated[
         TaskSort, typer.Option(help="Sort key; a leading '-' sorts descending (use --sort=-priority).")
     ] = "created_at",
@@ -453,6 +469,7 @@ def list_tasks(
             parent_id=parent,
             search=search,
             ready=ready,
+            label=label,
             sort=sort,
             limit=limit,
             offset=offset,
@@ -478,6 +495,7 @@ def add(
     assign: Annotated[str | None, typer.Option(help="Assign it to this worker id.")] = None,
     due: Annotated[str | None, typer.Option(help="Due date, ISO 8601: 2026-12-01 or 2026-12-01T17:00:00Z.")] = None,
     description: Annotated[str | None, typer.Option("--description", "-d", help="Details.")] = None,
+    label: Annotated[list[str] | None, label_option("A label, for routing work (e.g. python, gpu).")] = None,
 ) -> None:
     """Create a task; it starts pending."""
     with api(ctx) as client:
@@ -489,6 +507,7 @@ def add(
             assigned_to=assign,
             parent_id=parent,
             due_date=due,
+            labels=label,
         )
     show(ctx, reply, render_task_line)
 
@@ -505,9 +524,10 @@ def edit(
     project: Annotated[str | None, typer.Option("--project", "-p", help="Move it to this project.")] = None,
     parent: Annotated[int | None, typer.Option(min=1, help="Make it a subtask of this task id.")] = None,
     due: Annotated[str | None, typer.Option(help="A new due date, ISO 8601.")] = None,
+    label: Annotated[list[str] | None, label_option("The task's labels, replacing all it has.")] = None,
     clear: Annotated[
         list[Clearable] | None,
-        typer.Option(help="Empty a field: description, assign, project, parent or due. Repeatable."),
+        typer.Option(help="Empty a field: description, assign, project, parent, due or label. Repeatable."),
     ] = None,
     if_version: Annotated[
         int | None, typer.Option("--if-version", min=1, help="Change it only if it is still at this version.")
@@ -525,6 +545,7 @@ def edit(
         "project": project,
         "parent": parent,
         "due": due,
+        "label": label,
     }
     for name in cleared:
         if given[name] is not None:
@@ -542,7 +563,8 @@ def edit(
             project=project,
             parent_id=parent,
             due_date=due,
-            clear=[CLEARED[name] for name in cleared],
+            labels=[] if Clearable.label in cleared else label,
+            clear=[CLEARED[name] for name in cleared if name in CLEARED],
             if_version=if_version,
         )
     show(ctx, reply, render_task_line)
@@ -594,10 +616,14 @@ def claim(
     project: Annotated[str | None, typer.Option("--project", "-p", help="Only from this project.")] = None,
     lease: LeaseOption = None,
     min_priority: Annotated[TaskPriority | None, typer.Option(help="Only tasks of at least this priority.")] = None,
+    label: Annotated[
+        list[str] | None,
+        label_option("Only a task carrying this label (all of those given): work you are equipped for."),
+    ] = None,
 ) -> None:
     """Claim the best ready task (highest priority, soonest due, oldest) and start it."""
     with api(ctx) as client:
-        reply = client.claim_next(project=project, min_priority=min_priority, lease_seconds=lease)
+        reply = client.claim_next(project=project, min_priority=min_priority, lease_seconds=lease, labels=label)
 
     def render(console: Console, task: JSON) -> None:
         console.print(task_line(task) if task is not None else Text("Nothing is ready to claim."), soft_wrap=True)
@@ -634,11 +660,30 @@ def review(ctx: typer.Context, task_id: TaskIdArgument) -> None:
     show(ctx, reply, render_task_line)
 
 
+def artifact_of(value: str) -> Artifact:
+    """`NAME=URL` as an artifact; the name ends at the first '=', since a URL may hold more."""
+    name, equals, url = value.partition("=")
+    if not equals or not name.strip() or not url.strip():
+        fail(f"--artifact takes NAME=URL, e.g. --artifact 'Pull request=https://…'; got {value!r}.", USAGE_ERROR)
+    return {"name": name.strip(), "url": url.strip()}
+
+
 @app.command()
-def done(ctx: typer.Context, task_id: TaskIdArgument) -> None:
-    """Complete a task in progress or in review (its assignee or a project owner)."""
+def done(
+    ctx: typer.Context,
+    task_id: TaskIdArgument,
+    summary: Annotated[
+        str | None, typer.Option("--summary", "-s", help="What was delivered (kept as the task's result).")
+    ] = None,
+    artifact: Annotated[
+        list[str] | None,
+        typer.Option("--artifact", "-a", metavar="NAME=URL", help="A deliverable and its http(s) link. Repeatable."),
+    ] = None,
+) -> None:
+    """Complete a task in progress or in review (its assignee or a project owner), with what it delivered."""
+    artifacts = [artifact_of(value) for value in artifact] if artifact else None
     with api(ctx) as client:
-        reply = client.complete_task(task_id)
+        reply = client.complete_task(task_id, summary=summary, artifacts=artifacts)
     show(ctx, reply, render_task_line)
 
 

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypedDict
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -46,6 +46,14 @@ WorkerType = Literal["human", "agent"]
 ProjectRole = Literal["owner", "member"]
 # The keywords of `update_task` whose field may be emptied.
 ClearableTaskField = Literal["description", "assigned_to", "project", "parent_id", "due_date"]
+
+
+class Artifact(TypedDict):
+    """Something a completed task delivered: a name, and an http(s) link to it."""
+
+    name: str
+    url: str
+
 
 # A task's keyword arguments that are not its JSON field names: a task's project is its slug.
 TASK_FIELD = {"project": "project_slug"}
@@ -255,11 +263,13 @@ class TaskFlowClient:
         parent_id: int | None = None,
         search: str | None = None,
         ready: bool = False,
+        label: Iterable[str] | None = None,
         sort: TaskSort | None = None,
         limit: int | None = None,
         offset: int | None = None,
     ) -> Page:
-        """`GET /api/tasks`. `search` matches titles; `ready=True` keeps what the caller could claim now (False: no filter)."""
+        """`GET /api/tasks`. `search` matches titles; `ready=True` keeps what the caller could claim now (False: no
+        filter); `label` keeps the tasks carrying every label given."""
         return self.page(
             "/api/tasks",
             status=status,
@@ -269,6 +279,7 @@ class TaskFlowClient:
             parent_id=parent_id,
             q=search,
             ready=True if ready else None,
+            label=list(label) if label else None,
             sort=sort,
             limit=limit,
             offset=offset,
@@ -287,6 +298,7 @@ class TaskFlowClient:
         assigned_to: str | None = None,
         parent_id: int | None = None,
         due_date: str | None = None,
+        labels: Iterable[str] | None = None,
     ) -> Reply:
         """`POST /api/tasks`; what is not given takes the API's default. `due_date` is ISO 8601."""
         fields = {
@@ -297,6 +309,7 @@ class TaskFlowClient:
             "assigned_to": assigned_to,
             "parent_id": parent_id,
             "due_date": due_date,
+            "labels": None if labels is None else list(labels),
         }
         return self.post("/api/tasks", _task_body(fields))
 
@@ -312,11 +325,13 @@ class TaskFlowClient:
         project: str | None = None,
         parent_id: int | None = None,
         due_date: str | None = None,
+        labels: Iterable[str] | None = None,
         clear: Iterable[ClearableTaskField] = (),
         if_version: int | None = None,
     ) -> Reply:
         """`PATCH` the fields given, and empty those named in `clear` (which wins over a value given for
-        the same field); with `if_version`, only if the task is still at that version."""
+        the same field); with `if_version`, only if the task is still at that version. `labels`
+        replaces the whole set (`[]` removes every label)."""
         fields = {
             "title": title,
             "description": description,
@@ -326,6 +341,7 @@ class TaskFlowClient:
             "project": project,
             "parent_id": parent_id,
             "due_date": due_date,
+            "labels": None if labels is None else list(labels),
         }
         headers = {"If-Match": f'"{if_version}"'} if if_version is not None else None
         return self.request("PATCH", f"/api/tasks/{task_id}", json_body=_task_body(fields, clear), headers=headers)
@@ -339,10 +355,21 @@ class TaskFlowClient:
     # ------------------------------------------------------------ the workflow
 
     def claim_next(
-        self, *, project: str | None = None, min_priority: TaskPriority | None = None, lease_seconds: int | None = None
+        self,
+        *,
+        project: str | None = None,
+        min_priority: TaskPriority | None = None,
+        lease_seconds: int | None = None,
+        labels: Iterable[str] | None = None,
     ) -> Reply:
-        """`POST /api/tasks/claim`: the claimed task, or a reply whose data is None when nothing is ready (204)."""
-        body = {"project": project, "min_priority": min_priority, "lease_seconds": lease_seconds}
+        """`POST /api/tasks/claim`: the claimed task, or a reply whose data is None when nothing is ready (204).
+        With `labels`, only a task carrying every one of them."""
+        body = {
+            "project": project,
+            "min_priority": min_priority,
+            "lease_seconds": lease_seconds,
+            "labels": list(labels) if labels else None,
+        }
         return self.post("/api/tasks/claim", _given(body))
 
     def start_task(self, task_id: int, *, lease_seconds: int | None = None) -> Reply:
@@ -357,8 +384,13 @@ class TaskFlowClient:
     def submit_for_review(self, task_id: int) -> Reply:
         return self.post(f"/api/tasks/{task_id}/review")
 
-    def complete_task(self, task_id: int) -> Reply:
-        return self.post(f"/api/tasks/{task_id}/complete")
+    def complete_task(
+        self, task_id: int, *, summary: str | None = None, artifacts: Iterable[Artifact] | None = None
+    ) -> Reply:
+        """Complete a task; `summary` and `artifacts` (each `{"name", "url"}`, an http(s) URL) become its result.
+        With neither, no body is sent, and the task has no result."""
+        body = _given({"summary": summary, "artifacts": None if artifacts is None else [dict(a) for a in artifacts]})
+        return self.post(f"/api/tasks/{task_id}/complete", body or None)
 
     def block_task(self, task_id: int, reason: str) -> Reply:
         return self.post(f"/api/tasks/{task_id}/block", reason=reason)

@@ -22,8 +22,9 @@ from typing import Annotated, Any, TypeVar
 
 from mcp.server import MCPServer
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
+import taskflow_client
 from taskflow_client import (
     ApiError,
     ClearableTaskField,
@@ -70,6 +71,14 @@ LeaseSeconds = Annotated[
 ]
 ProjectSlug = Annotated[str | None, Field(description="A project's slug (its short lowercase id, e.g. 'launch').")]
 WorkerId = Annotated[str | None, Field(description="A worker's id: a person's user id, or an agent id like '@coder'.")]
+Labels = Annotated[
+    list[str] | None,
+    Field(
+        max_length=20,
+        description="Labels that say what kind of work a task is, used to route it to workers equipped for it: "
+        "lowercase letters, digits and . _ : - (e.g. 'python', 'gpu', 'lang:de'), at most 20.",
+    ),
+]
 DueDate = Annotated[
     str | None,
     Field(description="Due date in ISO 8601, e.g. '2026-12-01' or '2026-12-01T17:00:00Z' (UTC if no offset)."),
@@ -77,6 +86,15 @@ DueDate = Annotated[
 
 Task = dict[str, Any]
 R = TypeVar("R")
+
+
+class Artifact(BaseModel):
+    """Something the task delivered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200, description="What it is, e.g. 'Pull request'.")]
+    url: Annotated[str, Field(description="Where it is: an http(s) URL.")]
 
 
 def task(reply: Reply) -> Task:
@@ -101,6 +119,9 @@ def list_tasks(
             description="True: only tasks you could claim right now (pending, unassigned or yours, no unfinished dependency)."
         ),
     ] = False,
+    labels: Annotated[
+        list[str] | None, Field(max_length=20, description="Only tasks carrying every one of these labels.")
+    ] = None,
     sort: Annotated[
         TaskSort, Field(description="Sort key; a leading '-' means descending, e.g. '-priority'.")
     ] = "created_at",
@@ -111,7 +132,8 @@ def list_tasks(
 
     Use it to survey work (e.g. ready=true for what you could claim, or assigned_to=<your id> for
     what you hold). Returns {"tasks": [...], "total": <number of matches>}; each task has id, title,
-    description, status, priority, progress_percent, assigned_to, project_slug, due_date, version.
+    description, status, priority, progress_percent, assigned_to, project_slug, due_date, labels,
+    result (what a completed task delivered, or null) and version.
     """
     page = client.list_tasks(
         status=status,
@@ -121,6 +143,7 @@ def list_tasks(
         parent_id=parent_id,
         search=search,
         ready=ready,
+        label=labels,
         sort=sort,
         limit=limit,
         offset=offset,
@@ -130,7 +153,7 @@ def list_tasks(
 
 def get_task(client: TaskFlowClient, task_id: TaskId) -> Task:
     """Get one task by id: its title, description, status, priority, progress, assignee, due date,
-    lease expiry and version. Use it before acting on a task whose state you are unsure of.
+    labels, lease expiry, version, and for a completed task its result (summary and artifacts). Use it before acting on a task whose state you are unsure of.
     """
     return task(client.get_task(task_id))
 
@@ -163,6 +186,7 @@ def create_task(
         int | None, Field(ge=1, description="Make it a subtask of this task id (same project).")
     ] = None,
     due_date: DueDate = None,
+    labels: Labels = None,
 ) -> Task:
     """Create a new task (status pending). Use it to record follow-up work you discover, or to split
     a task into subtasks (parent_id). In a project you must be a member; an assignee must be one too.
@@ -176,6 +200,7 @@ def create_task(
         assigned_to=assigned_to,
         parent_id=parent_id,
         due_date=due_date,
+        labels=labels,
     )
     return task(reply)
 
@@ -197,6 +222,14 @@ def update_task(
     project: ProjectSlug = None,
     parent_id: Annotated[int | None, Field(ge=1, description="A new parent task id.")] = None,
     due_date: DueDate = None,
+    labels: Annotated[
+        list[str] | None,
+        Field(
+            max_length=20,
+            description="The task's new labels, replacing all it has ([] removes them all); "
+            "lowercase letters, digits and . _ : -.",
+        ),
+    ] = None,
     clear: Annotated[
         list[ClearableTaskField] | None,
         Field(description="Fields to empty, e.g. ['due_date', 'assigned_to']."),
@@ -223,6 +256,7 @@ def update_task(
         project=project,
         parent_id=parent_id,
         due_date=due_date,
+        labels=labels,
         clear=clear or (),
         if_version=expected_version,
     )
@@ -236,6 +270,14 @@ def claim_next_task(
         TaskPriority | None, Field(description="Only consider tasks of at least this priority.")
     ] = None,
     lease_seconds: LeaseSeconds = None,
+    labels: Annotated[
+        list[str] | None,
+        Field(
+            max_length=20,
+            description="Only claim a task carrying every one of these labels: name the kinds of work you are "
+            "equipped for (e.g. ['python']), so you are not handed work you cannot do.",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Claim the best task that is ready for you and start it, atomically: no other worker can get
     the same task. Picks the highest priority, then the soonest due, then the oldest, among pending
@@ -245,7 +287,9 @@ def claim_next_task(
     now in_progress and assigned to you, or {"claimed": false, "task": null} when nothing is ready.
     Keep the claim alive with heartbeat or update_progress until you finish.
     """
-    claimed = client.claim_next(project=project, min_priority=min_priority, lease_seconds=lease_seconds).data
+    claimed = client.claim_next(
+        project=project, min_priority=min_priority, lease_seconds=lease_seconds, labels=labels
+    ).data
     if claimed is None:
         return {"claimed": False, "task": None, "message": "Nothing is ready to claim right now."}
     return {"claimed": True, "task": claimed}
@@ -288,11 +332,33 @@ def submit_for_review(client: TaskFlowClient, task_id: TaskId) -> Task:
     return task(client.submit_for_review(task_id))
 
 
-def complete_task(client: TaskFlowClient, task_id: TaskId) -> Task:
+def complete_task(
+    client: TaskFlowClient,
+    task_id: TaskId,
+    summary: Annotated[
+        str | None,
+        Field(
+            max_length=10_000,
+            description="What you delivered, for the humans who read the task: the outcome, decisions, caveats.",
+        ),
+    ] = None,
+    artifacts: Annotated[
+        list[Artifact] | None,
+        Field(
+            max_length=20,
+            description="Links to what you produced (a pull request, a report, a build), each {name, url}; "
+            "http(s) URLs only, at most 20.",
+        ),
+    ] = None,
+) -> Task:
     """Mark a task you hold completed (from in_progress or review); progress becomes 100. Use it when
-    the work is finished and needs no review.
+    the work is finished and needs no review. Give a summary and artifacts so the task records what
+    was delivered (its `result`); it is kept in the audit trail even if the task is reopened later.
     """
-    return task(client.complete_task(task_id))
+    given: list[taskflow_client.Artifact] | None = (
+        None if artifacts is None else [{"name": artifact.name, "url": artifact.url} for artifact in artifacts]
+    )
+    return task(client.complete_task(task_id, summary=summary, artifacts=given))
 
 
 def block_task(

@@ -55,6 +55,8 @@ class TaskRecord(TaskRead):
     """
 
     lease_seconds: int | None
+    # As stored: the JSON of a `TaskResult`, which is what is written back and audited.
+    result: dict[str, Any] | None  # type: ignore[assignment]
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any] | RowMapping) -> TaskRecord:
@@ -229,7 +231,8 @@ def move(session: Session, actor: Actor, task: TaskRecord, requested: Move) -> N
     """Move `task` to `requested.target` if the state machine and the caller's role allow it."""
     # The checks read other rows; the task must be written once, at the end, not flushed half-changed.
     with session.no_autoflush:
-        transition = TRANSITIONS.get((task.status, requested.target))
+        source = task.status
+        transition = TRANSITIONS.get((source, requested.target))
         if transition is None:
             current = task.status.value
             raise InvalidTransition(
@@ -254,6 +257,9 @@ def move(session: Session, actor: Actor, task: TaskRecord, requested: Move) -> N
                 check_assignee(session, task.assigned_to, task.project_slug)
         if task.status == TaskStatus.completed:
             task.progress_percent = 100
+        elif source == TaskStatus.completed:
+            # What was delivered is no longer the task's state; the audit row keeps it as the "before".
+            task.result = None
         # Only work in progress is leased; it is renewed whenever a task (re-)enters that state.
         task.lease_expires_at = (
             lease_end(task.lease_seconds) if task.status == TaskStatus.in_progress and task.lease_seconds else None
@@ -271,6 +277,8 @@ class Asked:
     percent: int | None = None
     note: str | None = None
     reason: str | None = None
+    # What a completion delivered, as stored (`TaskResult` as JSON); None: nothing.
+    result: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -337,6 +345,12 @@ def _renew(_session: Session, actor: Actor, task: TaskRecord, asked: Asked) -> d
     return {}
 
 
+def _complete(session: Session, actor: Actor, task: TaskRecord, asked: Asked) -> dict[str, Any]:
+    move(session, actor, task, Move(TaskStatus.completed, "complete"))
+    task.result = asked.result
+    return {}
+
+
 def _block(session: Session, actor: Actor, task: TaskRecord, asked: Asked) -> dict[str, Any]:
     move(session, actor, task, Move(TaskStatus.blocked, "block", reason=asked.reason))
     return {"reason": asked.reason}
@@ -360,7 +374,7 @@ REVIEW = Action(
 COMPLETE = Action(
     "complete",
     Transition.complete,
-    _to(TaskStatus.completed, "complete"),
+    _complete,
     AuditAction.task_completed,
     holder_only=True,
 )

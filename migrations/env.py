@@ -8,7 +8,7 @@ from sqlmodel import SQLModel
 
 import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from config import load_settings
-from database import create_db_engine
+from database import create_db_engine, include_on
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -20,6 +20,7 @@ def run_migrations(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=include_on(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()

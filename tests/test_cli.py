@@ -573,6 +573,10 @@ def test_an_unreachable_server_exits_1_naming_the_url(cli: Cli) -> None:
         ["list", "--json"],
         ["block", "1"],
         ["edit", "1", "--title", "x", "--clear", "everything"],
+        ["edit", "1", "--label", "x", "--clear", "label"],
+        ["done", "1", "--artifact", "no-equals-sign"],
+        ["done", "1", "--artifact", "=https://example.com"],
+        ["done", "1", "--artifact", "Name="],
     ],
 )
 def test_wrong_usage_exits_2_without_calling_the_api(cli: Cli, args: list[str]) -> None:
@@ -594,6 +598,99 @@ def test_no_token_is_a_usage_error(cli: Cli) -> None:
 
     assert result.exit_code == 2
     assert "TASKFLOW_TOKEN" in result.stderr
+
+
+# ---------------------------------------------------------------- labels and results
+
+
+@pytest.mark.usefixtures("board")
+def test_add_edit_and_list_with_labels(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
+    added = output_json(cli("--json", "add", "Train the model", "-p", "demo", "--label", "GPU", "-l", "python"))
+    other = new_task(api, auth, "Write docs", labels=["docs"])
+
+    edited = output_json(cli("--json", "edit", str(other["id"]), "--label", "docs", "--label", "python"))
+    both = output_json(cli("--json", "list", "--label", "python", "--label", "gpu"))
+    python = output_json(cli("--json", "list", "--label", "python"))
+    cleared = output_json(cli("--json", "edit", str(added["id"]), "--clear", "label"))
+    shown = cli("show", str(other["id"]))
+
+    assert added["labels"] == ["gpu", "python"]
+    assert edited["labels"] == ["docs", "python"]
+    assert [task["id"] for task in both] == [added["id"]]
+    assert [task["id"] for task in python] == [added["id"], other["id"]]
+    assert cleared["labels"] == []
+    assert shown.exit_code == 0, shown.output
+    assert "docs, python" in shown.stdout
+
+
+@pytest.mark.usefixtures("board")
+def test_a_bad_label_exits_1_with_the_apis_message(cli: Cli) -> None:
+    result = cli("add", "Bad", "--label", "-nope")
+
+    assert result.exit_code == 1
+    assert "labels" in result.stderr
+
+
+@pytest.mark.usefixtures("board")
+def test_claim_with_labels_takes_only_work_carrying_them(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
+    new_task(api, auth, "Urgent Rust", priority="critical", labels=["rust"])
+    wanted = new_task(api, auth, "Python on GPU", priority="low", labels=["python", "gpu"])
+
+    claimed = output_json(cli("--json", "claim", "--label", "python", "--label", "gpu", user="bob"))
+    nothing = cli("claim", "--label", "python", user="bob")
+
+    assert (claimed["id"], claimed["assigned_to"]) == (wanted["id"], "bob")
+    assert nothing.exit_code == 0, nothing.output
+    assert "Nothing is ready to claim." in nothing.stdout
+
+
+@pytest.mark.usefixtures("board")
+def test_done_with_a_summary_and_artifacts_keeps_them_as_the_result(
+    cli: Cli, api: httpx.Client, auth: AuthHeaders
+) -> None:
+    task_id = str(new_task(api, auth, "Ship it")["id"])
+    cli("start", task_id, user="bob")
+
+    done = output_json(
+        cli(
+            "--json",
+            "done",
+            task_id,
+            "--summary",
+            "Released 1.0",
+            "--artifact",
+            "Release=https://example.com/releases?tag=v1.0",
+            "-a",
+            "Notes=https://example.com/notes",
+            user="bob",
+        )
+    )
+    shown = cli("show", task_id)
+
+    assert done["result"] == {
+        "summary": "Released 1.0",
+        "artifacts": [
+            {"name": "Release", "url": "https://example.com/releases?tag=v1.0"},
+            {"name": "Notes", "url": "https://example.com/notes"},
+        ],
+    }
+    assert done == api.get(f"/api/tasks/{task_id}", headers=auth("alice")).json()
+    assert "Released 1.0" in shown.stdout
+    assert "Release: https://example.com/releases?tag=v1.0" in shown.stdout
+
+
+@pytest.mark.usefixtures("board")
+def test_done_with_an_ftp_artifact_exits_1_and_leaves_the_task_in_progress(
+    cli: Cli, api: httpx.Client, auth: AuthHeaders
+) -> None:
+    task_id = str(new_task(api, auth, "Ship it")["id"])
+    cli("start", task_id, user="bob")
+
+    result = cli("done", task_id, "--artifact", "Dump=ftp://example.com/dump", user="bob")
+
+    assert result.exit_code == 1
+    assert "url" in result.stderr
+    assert api.get(f"/api/tasks/{task_id}", headers=auth("alice")).json()["status"] == "in_progress"
 
 
 # ---------------------------------------------------------------- configuration

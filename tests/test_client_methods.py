@@ -112,3 +112,30 @@ def test_list_audit_filters_by_keyword(alice: TaskFlowClient) -> None:
     assert [(row["task_id"], row["action"]) for row in started.items] == [(second["id"], "task.started")]
     assert [row["action"] for row in about_first.items] == ["task.created"]
     assert about_first.total == 1
+
+
+def test_labels_go_to_create_update_list_and_claim_and_complete_sends_a_body_only_with_a_result(
+    alice: TaskFlowClient,
+) -> None:
+    gpu = alice.create_task("GPU work", labels=["GPU", "python"]).data
+    docs = alice.create_task("Docs", labels=("docs",)).data
+    relabelled = alice.update_task(docs["id"], labels=["docs", "python"]).data
+
+    both = alice.list_tasks(label=["python", "gpu"]).items
+    python = alice.list_tasks(label=iter(["python"])).items
+    claimed = alice.claim_next(labels=["docs"]).data
+    plain = alice.complete_task(claimed["id"]).data
+    alice.start_task(gpu["id"])
+    delivered = alice.complete_task(
+        gpu["id"], summary="Done", artifacts=[{"name": "Run", "url": "https://example.com/run/1"}]
+    ).data
+
+    assert (gpu["labels"], relabelled["labels"]) == (["gpu", "python"], ["docs", "python"])
+    assert [task["id"] for task in both] == [gpu["id"]]
+    assert [task["id"] for task in python] == [gpu["id"], docs["id"]]
+    assert claimed["id"] == docs["id"]
+    assert plain["result"] is None
+    assert delivered["result"] == {
+        "summary": "Done",
+        "artifacts": [{"name": "Run", "url": "https://example.com/run/1"}],
+    }

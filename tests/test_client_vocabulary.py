@@ -72,3 +72,20 @@ def test_every_task_keyword_of_the_client_is_a_field_of_the_server_and_every_fie
     keywords = set(inspect.signature(method).parameters) - {"self"} - not_fields
 
     assert {TASK_FIELD.get(keyword, keyword) for keyword in keywords} == set(schema.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("method", "schema", "not_fields"),
+    [
+        (TaskFlowClient.claim_next, models.ClaimRequest, set()),
+        (TaskFlowClient.complete_task, models.TaskResult, {"task_id"}),
+    ],
+)
+def test_every_keyword_of_a_body_the_client_sends_is_a_field_of_the_server_and_every_field_has_one(
+    method: Any, schema: type[BaseModel], not_fields: set[str]
+) -> None:
+    assert set(inspect.signature(method).parameters) - {"self"} - not_fields == set(schema.model_fields)
+
+
+def test_the_clients_artifact_has_exactly_the_servers_fields() -> None:
+    assert set(taskflow_client.Artifact.__annotations__) == set(models.Artifact.model_fields)

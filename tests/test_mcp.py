@@ -237,6 +237,44 @@ def test_claim_next_task_with_nothing_ready_says_so_without_an_error(run_mcp: Ca
     run_mcp(scenario)
 
 
+@pytest.mark.usefixtures("board")
+def test_an_agent_routes_work_by_labels_and_completes_it_with_a_result(
+    run_mcp: Callable[..., None], api: httpx.Client, auth: AuthHeaders
+) -> None:
+    new_task(api, auth, "Urgent Rust", priority="critical", labels=["rust"])
+    wanted = new_task(api, auth, "Python on GPU", priority="low", labels=["python", "gpu"])
+    result = {
+        "summary": "Trained it; loss 0.12.",
+        "artifacts": [{"name": "Report", "url": "https://example.com/report?run=3"}],
+    }
+
+    async def scenario(client: Client) -> None:
+        created = data(
+            await client.call_tool("create_task", {"title": "Label me", "project": "demo", "labels": ["Docs"]})
+        )
+        assert created["labels"] == ["docs"]
+        relabelled = data(
+            await client.call_tool("update_task", {"task_id": created["id"], "labels": ["docs", "python"]})
+        )
+        assert relabelled["labels"] == ["docs", "python"]
+        listed = data(await client.call_tool("list_tasks", {"labels": ["python"]}))
+        assert [task["id"] for task in listed["tasks"]] == [wanted["id"], created["id"]]
+
+        claimed = data(await client.call_tool("claim_next_task", {"labels": ["python", "gpu"]}))
+        assert claimed["task"]["id"] == wanted["id"]
+        refused = await client.call_tool(
+            "complete_task",
+            {"task_id": wanted["id"], "artifacts": [{"name": "Dump", "url": "ftp://example.com/dump"}]},
+        )
+        assert "validation_error" in message(refused)
+        completed = data(await client.call_tool("complete_task", {"task_id": wanted["id"], **result}))
+        assert (completed["status"], completed["result"]) == ("completed", result)
+
+    run_mcp(scenario)
+
+    assert api.get(f"/api/tasks/{wanted['id']}", headers=auth("alice")).json()["result"] == result
+
+
 def test_a_tool_that_does_not_take_the_client_first_is_refused_at_registration() -> None:
     # Binding strips the first parameter from the schema: were it not the client, an argument would vanish.
     def get_task(task_id: int, client: TaskFlowClient) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from sqlmodel import SQLModel
 
 import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from config import Settings, load_settings
-from database import alembic_config, create_db_engine, migrate, normalize_database_url
+from database import alembic_config, create_db_engine, include_on, migrate, normalize_database_url
 from main import create_app
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
@@ -76,7 +76,8 @@ def table_names(engine: Engine) -> set[str]:
 
 def schema_differences(engine: Engine) -> list[Any]:
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        opts = {"compare_type": True, "include_object": include_on(connection.dialect.name)}
+        context = MigrationContext.configure(connection, opts=opts)
         return list(compare_metadata(context, SQLModel.metadata))
 
 
