@@ -36,6 +36,7 @@ from schemathesis.specs.openapi.checks import (
 from support import app_of
 
 import access
+import comments
 import errors
 import services
 import workflow
@@ -47,7 +48,7 @@ from main import create_app
 # ---------------------------------------------------------------- what a route can answer
 
 
-SERVICE_MODULES = (services, workflow, access)
+SERVICE_MODULES = (services, comments, workflow, access)
 
 
 @functools.cache
