@@ -310,6 +310,15 @@ def test_an_edit_works_out_the_mentions_again(client: TestClient, auth: AuthHead
     assert listed(client, auth, task_id).json()[0]["mentions"] == [AGENT]
 
 
+def test_a_body_that_is_all_mentions_is_answered_with_those_that_count(
+    client: TestClient, auth: AuthHeaders, task_id: int
+) -> None:
+    body = " ".join(f"@w{n}" for n in range(1_400)) + " @bob"
+    assert len(body) <= 10_000
+
+    assert comment(client, auth, task_id, body)["mentions"] == ["bob"]
+
+
 # ---------------------------------------------------------------- the audit log
 
 
