@@ -52,7 +52,8 @@ def actor_for(principal: Principal) -> Actor:
 # parameter `CALLER` (statements built once, for every caller).
 
 CALLER = bindparam("caller", type_=String())
-Caller = str | BindParameter[str]
+# A value, the statement parameter, or a column of another table (`worker.id`: who else can see).
+Caller = str | BindParameter[str] | ColumnElement[str]
 
 
 def my_project_slugs(caller: Caller) -> SelectOfScalar[str]:
@@ -81,6 +82,13 @@ VISIBLE_TO_CALLER = _visible(CALLER)
 
 def visible_task(actor: Actor) -> ColumnElement[bool]:
     return true() if actor.is_admin else _visible(actor.id)
+
+
+def visible_task_to(viewer: ColumnElement[str]) -> ColumnElement[bool]:
+    """The same rule for a viewer named by a column (`worker.id`): who besides the caller can see a
+    task, such as whom a comment may mention. An admin's role is in their token, not stored, so
+    here an admin is a worker like any other."""
+    return _visible(viewer)
 
 
 def visible_project(actor: Actor) -> ColumnElement[bool]:
@@ -131,6 +139,11 @@ def require_owner_unless_leaving(session: Session, actor: Actor, project_slug: s
 def require_creator_or_owner(session: Session, actor: Actor, task: TaskRead, what: str) -> None:
     if task.created_by != actor.id and not is_task_owner(session, actor, task):
         raise Forbidden(f"Only the task's creator, a project owner or an admin may {what}")
+
+
+def require_author(actor: Actor, author_id: str, what: str) -> None:
+    if author_id != actor.id and not actor.is_admin:
+        raise Forbidden(f"Only the comment's author or an admin may {what} it")
 
 
 def require_assignee(actor: Actor, task: TaskRead, what: str) -> None:

@@ -63,6 +63,16 @@ def removed(fields: Mapping[str, Any]) -> dict[str, list[Any]]:
     return changed(fields, dict.fromkeys(fields))
 
 
+def replaced(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """`{"field": [old, new]}` for every field of `after`, changed or not.
+
+    For rows whose reader needs the whole of a small record in each one: an event reader must
+    find a comment's body and mentions in every row about it (added, edited, deleted), without
+    looking back through earlier rows for the part an edit left alone.
+    """
+    return {field: [json_value(before.get(field)), json_value(new)] for field, new in after.items()}
+
+
 _AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
 _WORKER = Worker.__table__  # type: ignore[attr-defined]
 _AS_WORKER = bindparam("audit_actor", type_=String())

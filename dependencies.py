@@ -219,6 +219,7 @@ SessionDep = Annotated[RequestSession, Depends(get_session)]
 
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id")]
 OtherTaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The id of the task depended on")]
+CommentId = Annotated[int, Path(ge=1, le=MAX_ID, description="The comment's id")]
 ProjectSlug = Annotated[str, Path(max_length=64, pattern=SLUG_PATTERN, description="The project's slug")]
 WorkerIdPath = Annotated[str, Path(max_length=128, pattern=WORKER_ID_PATTERN, description="The worker's id")]
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size")]

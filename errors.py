@@ -62,7 +62,7 @@ class Unauthorized(TaskFlowError):
 
 
 class Forbidden(TaskFlowError):
-    """you can see the task, but the action is its assignee's, a project owner's or an admin's"""
+    """you can see the task, but the action is its assignee's, a project owner's, a comment's author's or an admin's"""
 
     status_code, code = 403, "forbidden"
 

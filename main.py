@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 from pydantic_core import to_json
 from sqlalchemy import make_url
 
+import comments
 import devtoken
 import handlers
 import services
@@ -32,6 +33,7 @@ from config import VERSION, Settings, load_settings
 from database import Timeouts, check_connection, create_db_engine, migrate, normalize_database_url, outage
 from dependencies import (
     Claim,
+    CommentId,
     CurrentUser,
     DefaultLease,
     ExpectedVersion,
@@ -60,6 +62,9 @@ from models import (
     MAX_ID,
     AuditQuery,
     AuditRead,
+    CommentCreate,
+    CommentRead,
+    CommentUpdate,
     DatabaseHealth,
     DependencyCreate,
     ErrorBody,
@@ -143,6 +148,8 @@ RULE_ERRORS: dict[int | str, dict[str, Any]] = {
     403: _error("Visible to you, but this action is reserved"),
     409: _error("Collides with existing state"),
 }
+# What the routes that take a body and break no rule answer to one that is not JSON.
+UNPARSABLE_BODY = _error("The body is not valid JSON")
 # The routes that take If-Match.
 GUARDED_ERRORS = {**RULE_ERRORS, 412: _error("The task changed since you read it: If-Match no longer matches")}
 
@@ -431,6 +438,59 @@ def add_dependency(task_id: TaskId, data: DependencyCreate, session: SessionDep,
 def remove_dependency(task_id: TaskId, other_id: OtherTaskId, session: SessionDep, user: CurrentUser) -> None:
     """Stop this task waiting for another."""
     services.remove_dependency(session, user, task_id, other_id)
+
+
+# ---------------------------------------------------------------- comments
+
+
+@api.get("/tasks/{task_id}/comments", response_model=list[CommentRead], tags=["comments"])
+def list_comments(
+    task_id: TaskId,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> list[Any]:
+    """A task's comments, oldest first; the total is in `X-Total-Count`."""
+    return counted(request, response, comments.list_comments(session, user, task_id, limit, offset))
+
+
+@api.post(
+    "/tasks/{task_id}/comments",
+    response_model=CommentRead,
+    status_code=status.HTTP_201_CREATED,
+    tags=["comments"],
+    responses={400: UNPARSABLE_BODY, 409: RULE_ERRORS[409]},
+)
+def add_comment(task_id: TaskId, data: CommentCreate, session: SessionDep, user: CurrentUser) -> CommentRead:
+    """Comment on a task you can see; `@worker-id` mentions a worker who can see it too."""
+    return comments.add_comment(session, user, task_id, data)
+
+
+@api.patch(
+    "/tasks/{task_id}/comments/{comment_id}",
+    response_model=CommentRead,
+    tags=["comments"],
+    responses={400: UNPARSABLE_BODY, 403: RULE_ERRORS[403]},
+)
+def update_comment(
+    task_id: TaskId, comment_id: CommentId, data: CommentUpdate, session: SessionDep, user: CurrentUser
+) -> CommentRead:
+    """Change a comment's body (its author or an admin); its mentions are worked out again."""
+    return comments.update_comment(session, user, task_id, comment_id, data)
+
+
+@api.delete(
+    "/tasks/{task_id}/comments/{comment_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["comments"],
+    responses={403: RULE_ERRORS[403]},
+)
+def delete_comment(task_id: TaskId, comment_id: CommentId, session: SessionDep, user: CurrentUser) -> None:
+    """Delete a comment (its author or an admin); the audit log keeps what it said."""
+    comments.delete_comment(session, user, task_id, comment_id)
 
 
 # ---------------------------------------------------------------- projects

@@ -542,6 +542,58 @@ class TaskQuery(SQLModel):
     _one_way_to_page = model_validator(mode="after")(_offset_or_after)
 
 
+# ---------------------------------------------------------------- comments
+
+MAX_COMMENT_LENGTH = 10_000
+# Stored exactly as written (Markdown by convention): nothing is stripped, but a blank one says nothing.
+CommentBody = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_COMMENT_LENGTH),
+    AfterValidator(_no_nul),
+    AfterValidator(_not_blank),
+]
+
+
+class Comment(SQLModel, table=True):
+    """A comment on a task; it goes when its task goes. Its history is kept by the audit log."""
+
+    # A task's comments are read in id order; ids are never reused, as audit rows name them.
+    __table_args__ = (sa.Index("ix_comment_task_id_id", "task_id", "id"), {"sqlite_autoincrement": True})
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id", ondelete="CASCADE")
+    author_id: str = Field(foreign_key="worker.id", max_length=128)
+    body: str = Field(sa_type=sa.Text)
+    # The worker ids the body mentions who could see the task when it was written, sorted.
+    mentions: list[str] = Field(default_factory=list, sa_type=sa.JSON().with_variant(JSONB(), "postgresql"))
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+
+
+class CommentCreate(SQLModel):
+    model_config = STRICT_BODY
+
+    body: CommentBody
+
+
+class CommentUpdate(SQLModel):
+    model_config = STRICT_BODY
+
+    body: CommentBody
+
+
+class CommentRead(SQLModel):
+    id: int
+    task_id: int
+    author_id: str
+    body: str
+    mentions: list[str]
+    created_at: datetime
+    updated_at: datetime
+    # Whether the body was changed after it was posted.
+    edited: bool
+
+
 # ---------------------------------------------------------------- audit
 
 
@@ -570,6 +622,9 @@ class AuditAction(enum.StrEnum):
     member_removed = "member.removed"
     worker_registered = "worker.registered"
     worker_updated = "worker.updated"
+    comment_added = "comment.added"
+    comment_edited = "comment.edited"
+    comment_deleted = "comment.deleted"
 
 
 class AuditLog(SQLModel, table=True):

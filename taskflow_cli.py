@@ -752,6 +752,68 @@ def remove_dependency(
     show(ctx, reply, say(f"Task {task_id} no longer depends on task {depends_on}."))
 
 
+# ---------------------------------------------------------------- comments
+
+
+def comment_heading(comment: JSON) -> Text:
+    line = f"#{comment['id']} {comment['author_id']}, {when(comment['created_at'])}"
+    if comment.get("edited"):
+        line += f" (edited {when(comment['updated_at'])})"
+    if comment.get("mentions"):
+        line += f", mentions {', '.join(comment['mentions'])}"
+    return Text(line, style="bold")
+
+
+def render_comments(console: Console, comments: JSON, total: int | None = None) -> None:
+    if not comments:
+        console.print("No comments.")
+        return
+    for number, comment in enumerate(comments):
+        if number:
+            console.print()
+        console.print(comment_heading(comment), soft_wrap=True)
+        # As written: Markdown stays plain text, and "[red]" is not markup.
+        console.print(Text(comment["body"]), soft_wrap=True)
+    if total is not None and total > len(comments):
+        console.print(f"{len(comments)} of {total} shown; use --limit and --offset for more.")
+
+
+@app.command("comment")
+def add_comment(
+    ctx: typer.Context,
+    task_id: TaskIdArgument,
+    text: Annotated[
+        str,
+        typer.Argument(metavar="TEXT", help="The comment (Markdown); '-' reads it from stdin. @worker-id mentions."),
+    ],
+) -> None:
+    """Comment on a task; `@worker-id` mentions a worker who can see it (and wakes an agent waiting for it)."""
+    body = sys.stdin.read() if text == "-" else text
+    with api(ctx) as client:
+        reply = client.add_comment(task_id, body)
+
+    def render(console: Console, comment: JSON) -> None:
+        line = f"Comment {comment['id']} added to task {comment['task_id']}"
+        if comment.get("mentions"):
+            line += f", mentioning {', '.join(comment['mentions'])}"
+        console.print(Text(line + "."), soft_wrap=True)
+
+    show(ctx, reply, render)
+
+
+@app.command("comments")
+def list_comments(
+    ctx: typer.Context,
+    task_id: TaskIdArgument,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="Page size.")] = 50,
+    offset: Annotated[int, typer.Option(min=0, help="Comments to skip.")] = 0,
+) -> None:
+    """A task's comments, oldest first."""
+    with api(ctx) as client:
+        page = client.list_comments(task_id, limit=limit, offset=offset)
+    show_page(ctx, page, render_comments)
+
+
 # ---------------------------------------------------------------- projects and members
 
 SlugArgument = Annotated[str, typer.Argument(metavar="SLUG", help="The project's slug.")]

@@ -412,6 +412,22 @@ class TaskFlowClient:
     def remove_dependency(self, task_id: int, depends_on: int) -> Reply:
         return self.request("DELETE", f"/api/tasks/{task_id}/dependencies/{depends_on}")
 
+    # ------------------------------------------------------------ comments
+
+    def list_comments(self, task_id: int, *, limit: int | None = None, offset: int | None = None) -> Page:
+        """A task's comments, oldest first."""
+        return self.page(f"/api/tasks/{task_id}/comments", limit=limit, offset=offset)
+
+    def add_comment(self, task_id: int, body: str) -> Reply:
+        """Comment on a task; `@worker-id` in `body` mentions a worker who can see the task."""
+        return self.post(f"/api/tasks/{task_id}/comments", {"body": body})
+
+    def update_comment(self, task_id: int, comment_id: int, body: str) -> Reply:
+        return self.request("PATCH", f"/api/tasks/{task_id}/comments/{comment_id}", json_body={"body": body})
+
+    def delete_comment(self, task_id: int, comment_id: int) -> Reply:
+        return self.request("DELETE", f"/api/tasks/{task_id}/comments/{comment_id}")
+
     # ------------------------------------------------------------ projects and members
 
     def list_projects(self, *, limit: int | None = None, offset: int | None = None) -> Page:

@@ -44,6 +44,8 @@ and every change you make is written to an audit log under that name.
 The usual loop: claim_next_task (or claim_task for a specific id) -> do the work, calling
 heartbeat or update_progress before the lease expires -> submit_for_review or complete_task.
 If you cannot go on, block_task with the reason, or release_task to hand the task back.
+Talk on a task with add_comment (read what others said with list_comments); @worker-id in a
+comment mentions that worker.
 
 A failed call returns an error whose `code` says what happened: not_found (no such task, or you
 may not see it), forbidden (the action belongs to someone else), invalid_transition (the task's
@@ -382,6 +384,46 @@ def release_task(client: TaskFlowClient, task_id: TaskId) -> Task:
     return task(client.release_task(task_id))
 
 
+# ---------------------------------------------------------------- talking
+
+
+def list_comments(
+    client: TaskFlowClient,
+    task_id: TaskId,
+    limit: Annotated[int, Field(ge=1, le=100, description="At most this many comments.")] = 50,
+    offset: Annotated[int, Field(ge=0, description="Skip this many, to page through.")] = 0,
+) -> dict[str, Any]:
+    """A task's comments, oldest first: what humans and agents said about it (questions, decisions,
+    review remarks). Read them before starting or resuming a task. Each has id, author_id, body
+    (Markdown), mentions (the worker ids it @mentions), created_at and edited. Returns
+    {"comments": [...], "total": <number of comments>}.
+    """
+    page = client.list_comments(task_id, limit=limit, offset=offset)
+    return {"comments": page.items, "total": page.total}
+
+
+def add_comment(
+    client: TaskFlowClient,
+    task_id: TaskId,
+    body: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=10_000,
+            description="The comment, in Markdown. Write @worker-id (e.g. @alice, @coder) to mention a worker.",
+        ),
+    ],
+) -> dict[str, Any]:
+    """Comment on a task: ask a question, report a finding, hand over, or answer someone. Writing
+    @worker-id in the body mentions that worker, which wakes them: a human is notified, and an agent
+    waiting for its mentions on the event feed receives the comment at once, so there is no need to
+    poll for an answer. Only workers who can see the task count as mentioned (returned in
+    `mentions`). Returns the comment.
+    """
+    comment: dict[str, Any] = client.add_comment(task_id, body).data
+    return comment
+
+
 # ---------------------------------------------------------------- the server
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
@@ -392,6 +434,7 @@ TOOLS: list[tuple[Callable[..., Any], ToolAnnotations]] = [
     (list_tasks, READ_ONLY),
     (get_task, READ_ONLY),
     (get_task_history, READ_ONLY),
+    (list_comments, READ_ONLY),
     (create_task, WRITES),
     (update_task, WRITES),
     (claim_next_task, WRITES),
@@ -402,6 +445,7 @@ TOOLS: list[tuple[Callable[..., Any], ToolAnnotations]] = [
     (complete_task, WRITES),
     (block_task, WRITES),
     (release_task, WRITES),
+    (add_comment, WRITES),
 ]
 
 

@@ -425,6 +425,51 @@ def test_deps_add_list_and_rm_and_start_names_the_blockers(cli: Cli, api: httpx.
 # ---------------------------------------------------------------- projects, members, workers
 
 
+@pytest.mark.usefixtures("board")
+def test_comment_posts_text_or_stdin_and_comments_lists_them_for_people_and_as_json(
+    cli: Cli, api: httpx.Client, auth: AuthHeaders
+) -> None:
+    task = new_task(api, auth, "Discuss")
+
+    posted = cli("comment", str(task["id"]), "Looks good, @bob.")
+    piped = CliRunner().invoke(
+        app,
+        ["--json", "comment", str(task["id"]), "-"],
+        input="Line one\n[red]not markup[/red]\n",
+        env={"TASKFLOW_URL": cli.url, "TASKFLOW_TOKEN": cli.make_token("bob"), "XDG_CONFIG_HOME": str(cli.config_home)},
+        catch_exceptions=False,
+    )
+    listed = cli("comments", str(task["id"]))
+    as_json = output_json(cli("--json", "comments", str(task["id"])))
+
+    assert posted.exit_code == 0, posted.output
+    assert "added to task" in posted.stdout
+    assert "mentioning bob" in posted.stdout
+    from_stdin = output_json(piped)
+    assert (from_stdin["author_id"], from_stdin["body"]) == ("bob", "Line one\n[red]not markup[/red]\n")
+    assert listed.exit_code == 0, listed.output
+    assert "alice" in listed.stdout
+    assert "mentions bob" in listed.stdout
+    assert "Looks good, @bob." in listed.stdout
+    assert "[red]not markup[/red]" in listed.stdout
+    assert [comment["body"] for comment in as_json] == ["Looks good, @bob.", from_stdin["body"]]
+    assert as_json == api.get(f"/api/tasks/{task['id']}/comments", headers=auth("alice")).json()
+
+
+@pytest.mark.usefixtures("board")
+def test_comments_on_a_task_without_any_say_so_and_one_you_cannot_see_exits_1(
+    cli: Cli, api: httpx.Client, auth: AuthHeaders
+) -> None:
+    task = new_task(api, auth, "Quiet")
+
+    empty = cli("comments", str(task["id"]))
+    hidden = cli("comment", str(task["id"]), "Hello", user="carol")
+
+    assert (empty.exit_code, empty.stdout.strip()) == (0, "No comments.")
+    assert hidden.exit_code == 1
+    assert f"Task {task['id']} not found (404 not_found)" in hidden.stderr
+
+
 def test_projects_create_list_show_edit_and_delete(cli: Cli, api: httpx.Client, auth: AuthHeaders) -> None:
     created = output_json(cli("--json", "projects", "create", "launch", "Launch", "--description", "Q4"))
     assert (created["slug"], created["name"], created["description"]) == ("launch", "Launch", "Q4")

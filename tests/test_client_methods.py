@@ -139,3 +139,19 @@ def test_labels_go_to_create_update_list_and_claim_and_complete_sends_a_body_onl
         "summary": "Done",
         "artifacts": [{"name": "Run", "url": "https://example.com/run/1"}],
     }
+
+
+def test_the_comment_methods_post_list_page_edit_and_delete(alice: TaskFlowClient) -> None:
+    task = alice.create_task("Talk").data
+    first = alice.add_comment(task["id"], "First @alice").data
+    second = alice.add_comment(task["id"], "Second").data
+
+    page = alice.list_comments(task["id"], limit=1, offset=1)
+    edited = alice.update_comment(task["id"], first["id"], "First, edited").data
+    deleted = alice.delete_comment(task["id"], second["id"])
+
+    assert first["mentions"] == ["alice"]
+    assert (page.items, page.total) == ([second], 2)
+    assert (edited["body"], edited["mentions"], edited["edited"]) == ("First, edited", [], True)
+    assert deleted.data is None
+    assert [comment["id"] for comment in alice.list_comments(task["id"]).items] == [first["id"]]

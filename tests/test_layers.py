@@ -23,6 +23,8 @@ SERVER_LAYERS: list[set[str]] = [
     {"access", "ratelimit", "idempotency"},
     {"workflow"},
     {"services", "sweeper", "events"},
+    # Comments use the task lookup and the paging of services.
+    {"comments"},
     # The HTTP edge: what routes receive, and how failures are answered.
     {"dependencies", "handlers"},
     {"main"},

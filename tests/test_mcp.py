@@ -44,6 +44,8 @@ TOOLS = {
     "block_task",
     "release_task",
     "get_task_history",
+    "list_comments",
+    "add_comment",
 }
 AGENT = "@agent-x"
 
@@ -224,6 +226,38 @@ def test_an_agent_works_the_board_through_every_tool(
     assert {row["owner_id"] for row in rows} == {"alice"}
     assert api.get(f"/api/tasks/{other['id']}", headers=auth("alice")).json()["status"] == "blocked"
     assert api.get(f"/api/tasks/{ids['created']}", headers=auth("alice")).json()["description"] == "Timeline and causes"
+
+
+@pytest.mark.usefixtures("board")
+def test_an_agent_reads_and_adds_comments_and_mentions_a_human(
+    run_mcp: Callable[..., None], api: httpx.Client, auth: AuthHeaders
+) -> None:
+    task = new_task(api, auth, "Needs a decision")
+    question = api.post(
+        f"/api/tasks/{task['id']}/comments", json={"body": f"@{AGENT} which option?"}, headers=auth("alice")
+    )
+    assert question.status_code == 201, question.text
+    secret = api.post("/api/tasks", json={"title": "Alice's own"}, headers=auth("alice")).json()
+
+    async def scenario(client: Client) -> None:
+        read = data(await client.call_tool("list_comments", {"task_id": task["id"]}))
+        assert read == {"comments": [question.json()], "total": 1}
+
+        answer = data(await client.call_tool("add_comment", {"task_id": task["id"], "body": "Option B, @alice."}))
+        assert (answer["author_id"], answer["body"], answer["mentions"]) == (AGENT, "Option B, @alice.", ["alice"])
+
+        paged = data(await client.call_tool("list_comments", {"task_id": task["id"], "limit": 1, "offset": 1}))
+        assert paged == {"comments": [answer], "total": 2}
+
+        hidden = await client.call_tool("add_comment", {"task_id": secret["id"], "body": "Let me in"})
+        assert hidden.structured_content is not None
+        assert hidden.structured_content["code"] == "not_found"
+        empty = await client.call_tool("add_comment", {"task_id": task["id"], "body": ""})
+        assert empty.is_error  # refused by the tool's own schema, before any API call
+
+    run_mcp(scenario)
+    rows = api.get("/api/audit", params={"action": "comment.added"}, headers=auth("alice")).json()
+    assert [(row["actor_id"], row["actor_type"]) for row in rows] == [(AGENT, "agent"), ("alice", "human")]
 
 
 @pytest.mark.usefixtures("board")

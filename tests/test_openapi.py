@@ -36,6 +36,7 @@ from schemathesis.specs.openapi.checks import (
 from support import app_of
 
 import access
+import comments
 import errors
 import main
 import services
@@ -49,7 +50,7 @@ from wakeups import Wakeups
 # ---------------------------------------------------------------- what a route can answer
 
 
-SERVICE_MODULES = (services, workflow, access)
+SERVICE_MODULES = (services, comments, workflow, access)
 
 
 @functools.cache
