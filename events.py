@@ -28,7 +28,7 @@ from access import Actor, visible_audit
 from database import connection_of
 from errors import BadRequest
 from models import AuditLog, EventQuery
-from wakeups import Topic, Wakeups
+from wakeups import SOON_SECONDS, Topic, Wakeups
 
 # A stream sends a comment line when it has sent nothing for this long, so that proxies and
 # clients do not take a quiet feed for a dead connection.
@@ -60,6 +60,8 @@ _NTH_AFTER = (
     .limit(1)
 )
 _LAST_AFTER = _LAST.where(_AFTER).limit(1)
+# A committed row the horizon holds back: it will be servable once older transactions end.
+_HELD_BACK = select(_FEED.c.id).where(_FEED.c.feed_tx >= _HORIZON).limit(1)
 _HORIZON_NOW = {
     # The oldest transaction still running when the statement's snapshot was taken.
     "postgresql": text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"),
@@ -132,14 +134,17 @@ def start_of(session: Session, after: int | None) -> Position:
     return feed_tx, after
 
 
-def read_events(session: Session, actor: Actor, query: EventQuery, at: Position) -> tuple[dict[str, Any], Position]:
-    """The caller's events after position `at` (see `start_of`), as an `EventPage`, and the position to read on from."""
+def read_events(
+    session: Session, actor: Actor, query: EventQuery, at: Position
+) -> tuple[dict[str, Any], Position, bool]:
+    """The caller's events after position `at` (see `start_of`), as an `EventPage`; the position
+    to read on from; and whether a committed row is held back (so reading again soon may find more)."""
     connection = connection_of(session)
     params: dict[str, Any] = {"horizon": _horizon(connection), "at_tx": at[0], "at_id": at[1]}
     # Where this read stops looking: SCAN_LIMIT positions on, or the end of what may be served.
     end = connection.execute(_NTH_AFTER, params).first() or connection.execute(_LAST_AFTER, params).first()
     if end is None:
-        return {"events": [], "next_after": at[1]}, at
+        return {"events": [], "next_after": at[1]}, at, _held_back(connection, params)
     rows = connection.execute(
         select(_FEED)
         .where(
@@ -153,8 +158,16 @@ def read_events(session: Session, actor: Actor, query: EventQuery, at: Position)
         params | ({"mentioning": query.mentioning} if query.mentioning is not None else {}),
     ).all()
     # A full page stops at its last row; otherwise everything up to `end` has been looked at.
-    last = (rows[-1].feed_tx, rows[-1].id) if len(rows) == query.limit else (end.feed_tx, end.id)
-    return {"events": [_event(row) for row in rows], "next_after": last[1]}, last
+    full = len(rows) == query.limit
+    last = (rows[-1].feed_tx, rows[-1].id) if full else (end.feed_tx, end.id)
+    held_back = not full and _held_back(connection, params)
+    return {"events": [_event(row) for row in rows], "next_after": last[1]}, last, held_back
+
+
+def _held_back(connection: Connection, params: dict[str, Any]) -> bool:
+    if connection.dialect.name not in _HORIZON_NOW:
+        return False
+    return connection.execute(_HELD_BACK, params).first() is not None
 
 
 class EventReader:
@@ -165,6 +178,7 @@ class EventReader:
         self.actor = actor
         self.query = query
         self.position: Position | None = None
+        self.held_back = False  # after a read: an event is committed but not servable yet
 
     def start(self) -> None:
         if self.position is None:
@@ -174,7 +188,7 @@ class EventReader:
         """The next page (an `EventPage`): one short transaction, called in a thread."""
         self.start()
         assert self.position is not None
-        page, self.position = read_events(self.session, self.actor, self.query, self.position)
+        page, self.position, self.held_back = read_events(self.session, self.actor, self.query, self.position)
         return page
 
     async def stream(
@@ -188,6 +202,7 @@ class EventReader:
         yield f"retry: {RECONNECT_MS}\n\n"
         sent = loop.time()
         first = True
+        soon = SOON_SECONDS
         while not wakeups.draining:
             with wakeups.waiter(Topic.events) as waiter:
                 if first:
@@ -203,7 +218,8 @@ class EventReader:
                 if len(page["events"]) == self.query.limit:
                     continue  # more is waiting already
                 quiet = loop.time() - sent
-                await waiter.wait(wakeups.recheck_in(KEEPALIVE_SECONDS - quiet))
+                pause, soon = wakeups.pause(self.held_back, soon, KEEPALIVE_SECONDS - quiet)
+                await waiter.wait(pause)
                 if loop.time() - sent >= KEEPALIVE_SECONDS * 0.8:
                     yield ": keep-alive\n\n"
                     sent = loop.time()

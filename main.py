@@ -661,7 +661,7 @@ async def list_events(
     def attempt(final: bool) -> Response:
         page = feed.read()
         if not page["events"] and not final:
-            raise NothingYet
+            raise NothingYet(soon=feed.held_back)
         return Response(to_json(page), media_type="application/json")
 
     return await wakeups_of(request).wait_for(

@@ -27,6 +27,8 @@ logger = logging.getLogger("taskflow.wakeups")
 
 # How long the listener waits before it connects again after losing its connection.
 RECONNECT_SECONDS = 2.0
+# How soon a waiter that was told `NothingYet(soon=True)` looks again.
+SOON_SECONDS = 0.05
 # How often an idle listener checks that its connection is still there.
 PING_SECONDS = 30.0
 
@@ -35,7 +37,15 @@ T = TypeVar("T")
 
 
 class NothingYet(Exception):
-    """Raised by an attempt of `Wakeups.wait_for` that found nothing and wants to wait on."""
+    """Raised by an attempt of `Wakeups.wait_for` that found nothing and wants to wait on.
+
+    `soon`: something is there but cannot be served yet (an event behind a transaction that is
+    still running); its commit may notify no one, so look again shortly rather than wait.
+    """
+
+    def __init__(self, *, soon: bool = False) -> None:
+        super().__init__()
+        self.soon = soon
 
 
 class Topic(enum.StrEnum):
@@ -107,6 +117,7 @@ class Wakeups:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         first = True
+        soon = SOON_SECONDS
         while True:
             remaining = deadline - loop.time()
             final = remaining <= 0 or self.draining
@@ -116,10 +127,18 @@ class Wakeups:
                         return await attempt(final)
                     async with self.turn():
                         return await attempt(final)
-                except NothingYet:
-                    pass
+                except NothingYet as nothing:
+                    pause, soon = self.pause(nothing.soon, soon, remaining)
                 first = False
-                await waiter.wait(self.recheck_in(remaining))
+                await waiter.wait(pause)
+
+    def pause(self, soon: bool, after_soon: float, remaining: float) -> tuple[float, float]:
+        """How long to wait before looking again, and the next pause if it is `soon` again: a
+        held-back event is looked for again quickly at first, then less and less often (a long
+        transaction can hold the feed for a while), up to the recheck interval."""
+        if soon:
+            return min(after_soon, remaining), min(after_soon * 2, self.recheck_seconds)
+        return self.recheck_in(remaining), SOON_SECONDS
 
     def turn(self) -> asyncio.Semaphore:
         """Held by a check that follows a wake-up (see `wait_for`)."""
