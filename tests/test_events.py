@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import httpx
@@ -259,7 +259,7 @@ def test_the_feed_needs_a_token(client: TestClient) -> None:
 
 
 def test_every_audit_action_is_a_type_the_feed_accepts(client: TestClient, auth: AuthHeaders) -> None:
-    params = [("type", action.value) for action in AuditAction]
+    params: list[tuple[str, str | int | float | bool | None]] = [("type", action.value) for action in AuditAction]
     assert client.get("/api/events", params=params, headers=auth("alice")).status_code == 200
 
 
@@ -308,7 +308,7 @@ def test_the_horizon_never_passes_a_running_transaction(db: Engine) -> None:
 # ---------------------------------------------------------------- the stream
 
 
-def stream_lines(server: LiveServer, headers: dict[str, str], **params: Any) -> Iterator[str]:
+def stream_lines(server: LiveServer, headers: dict[str, str], **params: Any) -> Generator[str]:
     with (
         httpx.Client(base_url=server.url, timeout=30) as http,
         http.stream("GET", "/api/events/stream", params=params, headers=headers) as response,
