@@ -14,7 +14,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 from anyio.to_thread import current_default_thread_limiter
 from fastapi import Body, Depends, Header, Path, Query, Request, Response
@@ -41,7 +41,7 @@ from database import mark_read_only
 from errors import BUSY_RETRY_AFTER_SECONDS, ServiceUnavailable, Unauthorized
 from models import MAX_ID, MAX_LEASE_SECONDS, MAX_OFFSET, SLUG_PATTERN, WORKER_ID_PATTERN, ClaimRequest
 from ratelimit import RateLimiter
-from wakeups import Wakeups
+from wakeups import NothingYet, Wakeups
 
 T = TypeVar("T")
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -323,7 +323,13 @@ def _attempt(session: RequestSession, respond: Callable[[], T]) -> T:
             worker_type = services.register_human(session, session.actor)
         if session.idempotency is not None:
             session.pending = idempotency.begin(session, session.actor.id, *session.idempotency)
-        response = respond()
+        nothing: NothingYet | None = None
+        try:
+            response: T | None = respond()
+        except NothingYet as error:
+            # Nothing to answer yet (a waiting claim): what the attempt did, such as a first
+            # caller's worker row, is kept, and nothing is saved under the Idempotency-Key.
+            nothing, response = error, None
         if session.pending is not None and isinstance(response, Response):
             session.pending.save(response.status_code, bytes(response.body), dict(response.headers))
         session.committing = True
@@ -334,9 +340,13 @@ def _attempt(session: RequestSession, respond: Callable[[], T]) -> T:
     if worker_type is not None:
         session.known_workers.add(session.actor.id, worker_type)
         session.register = False
+    if nothing is not None:
+        # Not a change that others wait for, and waking them (itself among them) would only
+        # have every waiter look again at once.
+        raise nothing
     if not session.read_only:
         session.wakeups.committed()
-    return response
+    return cast(T, response)
 
 
 async def in_transaction(session: RequestSession, actor: Actor, respond: Callable[[], T]) -> T:

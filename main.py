@@ -259,7 +259,7 @@ async def claim_task(request: Request, session: SessionDep, user: CurrentUser, c
     def attempt(final: bool) -> Response:
         task = services.claim_task(session, user, claim)
         if task is None and not final:
-            raise NothingYet  # rolled back: nothing of this attempt is kept, and the waiting goes on
+            raise NothingYet
         telemetry.count_claim(task is not None)
         if task is None:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -267,7 +267,11 @@ async def claim_task(request: Request, session: SessionDep, user: CurrentUser, c
         return Response(to_json(read), media_type="application/json", headers={"ETag": etag(read["version"])})
 
     return await wakeups_of(request).wait_for(
-        Topic.work, claim.wait_seconds, lambda final: in_transaction(session, user, lambda: attempt(final))
+        Topic.work,
+        claim.wait_seconds,
+        lambda final: in_transaction(session, user, lambda: attempt(final)),
+        request.is_disconnected,
+        Response(status_code=status.HTTP_204_NO_CONTENT),
     )
 
 
@@ -665,7 +669,11 @@ async def list_events(
         return Response(to_json(page), media_type="application/json")
 
     return await wakeups_of(request).wait_for(
-        Topic.events, query.wait_seconds, lambda final: in_transaction(session, user, lambda: attempt(final))
+        Topic.events,
+        query.wait_seconds,
+        lambda final: in_transaction(session, user, lambda: attempt(final)),
+        request.is_disconnected,
+        Response(status_code=status.HTTP_204_NO_CONTENT),
     )
 
 

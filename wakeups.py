@@ -60,6 +60,7 @@ class Waiter:
 
     def __init__(self, topic: Topic) -> None:
         self.topic = topic
+        self.asleep = False
         self._woken = asyncio.Event()
 
     def wake(self) -> None:
@@ -67,10 +68,13 @@ class Waiter:
 
     async def wait(self, timeout: float) -> bool:
         """Whether it was woken (rather than timing out)."""
+        self.asleep = True
         try:
             await asyncio.wait_for(self._woken.wait(), timeout)
         except TimeoutError:
             return False
+        finally:
+            self.asleep = False
         return True
 
 
@@ -88,7 +92,7 @@ class Wakeups:
         self._checks: asyncio.Semaphore | None = None
         self.draining = False
         self._waiters: dict[Topic, set[Waiter]] = {topic: set() for topic in Topic}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.listening = threading.Event()  # set while the listener holds a connection
@@ -106,11 +110,19 @@ class Wakeups:
         finally:
             self._waiters[topic].discard(waiter)
 
-    async def wait_for(self, topic: Topic, seconds: float, attempt: Callable[[bool], Awaitable[T]]) -> T:
+    async def wait_for(
+        self,
+        topic: Topic,
+        seconds: float,
+        attempt: Callable[[bool], Awaitable[T]],
+        gone: Callable[[], Awaitable[bool]],
+        left: T,
+    ) -> T:
         """Call `attempt` until it returns, waiting for `topic` between calls, for up to `seconds`.
 
         `attempt(final)` raises `NothingYet` to wait on; when `final` is true (the time is up, or
-        the server is stopping) it must answer. Checks after a wake-up take turns, at most
+        the server is stopping) it must answer. A client that is `gone()` gets `left` and nothing
+        more is attempted for it: a claim must not take a task for no one. Checks after a wake-up take turns, at most
         `concurrent_checks` at once, so that a commit that wakes hundreds of waiters does not
         fill the request queue and turn other requests away.
         """
@@ -126,6 +138,8 @@ class Wakeups:
                     if first:
                         return await attempt(final)
                     async with self.turn():
+                        if await gone():
+                            return left
                         return await attempt(final)
                 except NothingYet as nothing:
                     pause, soon = self.pause(nothing.soon, soon, remaining)
@@ -147,7 +161,8 @@ class Wakeups:
         return self._checks
 
     def waiting(self, topic: Topic) -> int:
-        return len(self._waiters[topic])
+        """How many requests wait for `topic` right now, holding nothing (not those checking)."""
+        return sum(waiter.asleep for waiter in self._waiters[topic])
 
     def recheck_in(self, remaining: float) -> float:
         """How long to wait before checking again: the recheck interval, jittered so that the
@@ -160,7 +175,7 @@ class Wakeups:
                 waiter.wake()
 
     def _wake_from_any_thread(self, topics: frozenset[Topic]) -> None:
-        loop = self._loop
+        loop = self.loop
         if loop is None or loop.is_closed():
             return
         try:
@@ -182,7 +197,7 @@ class Wakeups:
 
     def start(self) -> None:
         """Called on the event loop that serves the app."""
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         if self.listen_url is not None:
             self._thread = threading.Thread(target=self._listen, name="taskflow-listener", daemon=True)
             self._thread.start()

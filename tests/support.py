@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ import httpx
 import httpx2
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event, func
+from sqlalchemy import Engine, event, func, text
 from sqlmodel import Session, col, select
 
 from models import AuditLog, Task, Worker
@@ -181,3 +182,22 @@ def holding_first(engine: Engine, matches: Callable[[str], bool]) -> Iterator[tu
     finally:
         release.set()
         event.remove(engine, "before_cursor_execute", hold_the_first)
+
+
+def feed_settled(db: Engine, seconds: float = 30) -> None:
+    """Wait until the event feed may serve every row committed so far.
+
+    On PostgreSQL a row is served once every older transaction on the server has ended, other
+    test processes' included; on SQLite at once.
+    """
+    if not ON_POSTGRESQL:
+        return
+    deadline = time.monotonic() + seconds
+    while True:
+        with db.connect() as connection:
+            horizon = connection.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")).scalar()
+            newest = connection.execute(text("SELECT max(feed_tx) FROM audit_log")).scalar()
+        if newest is None or newest < horizon:
+            return
+        assert time.monotonic() < deadline, "a transaction has held the event feed back for too long"
+        time.sleep(0.01)
