@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -146,6 +147,18 @@ def run_together(*calls: Callable[[], T]) -> list[T]:
 
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         return [future.result() for future in [pool.submit(run, call) for call in calls]]
+
+
+def later(seconds: float, call: Callable[[], object]) -> threading.Thread:
+    """Run `call` in a thread after `seconds`: something that happens while the caller waits. Join it."""
+
+    def run() -> None:
+        time.sleep(seconds)
+        call()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pytest
+from support import later
 
 from taskflow_client import JSON, TaskFlowClient
 
@@ -167,18 +168,6 @@ def test_the_comment_methods_post_list_page_edit_and_delete(alice: TaskFlowClien
 
 
 # ---------------------------------------------------------------- the event feed and waiting
-
-
-def later(seconds: float, call: Callable[[], object]) -> threading.Thread:
-    """Run `call` in a thread after `seconds`: something that happens while the caller waits."""
-
-    def run() -> None:
-        time.sleep(seconds)
-        call()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_events_pages_oldest_first_and_next_after_continues_without_repeats(alice: TaskFlowClient) -> None:
