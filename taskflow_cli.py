@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, cast, get_args
 
 import typer
 from rich.console import Console
@@ -30,6 +30,7 @@ from taskflow_client import (
     ClearableTaskField,
     ClientError,
     ConfigurationError,
+    EventType,
     Page,
     ProjectRole,
     Reply,
@@ -620,10 +621,18 @@ def claim(
         list[str] | None,
         label_option("Only a task carrying this label (all of those given): work you are equipped for."),
     ] = None,
+    wait: Annotated[
+        int,
+        typer.Option(
+            "--wait", "-w", min=0, max=60, metavar="SECONDS", help="If nothing is ready, wait this long for a task."
+        ),
+    ] = 0,
 ) -> None:
-    """Claim the best ready task (highest priority, soonest due, oldest) and start it."""
+    """Claim the best ready task (highest priority, soonest due, oldest) and start it; --wait instead of polling."""
     with api(ctx) as client:
-        reply = client.claim_next(project=project, min_priority=min_priority, lease_seconds=lease, labels=label)
+        reply = client.claim_next(
+            project=project, min_priority=min_priority, lease_seconds=lease, labels=label, wait_seconds=wait or None
+        )
 
     def render(console: Console, task: JSON) -> None:
         console.print(task_line(task) if task is not None else Text("Nothing is ready to claim."), soft_wrap=True)
@@ -812,6 +821,130 @@ def list_comments(
     with api(ctx) as client:
         page = client.list_comments(task_id, limit=limit, offset=offset)
     show_page(ctx, page, render_comments)
+
+
+# ---------------------------------------------------------------- the event feed
+
+EVENT_SUMMARY_WIDTH = 120
+
+
+def shorten(text: str, width: int = EVENT_SUMMARY_WIDTH) -> str:
+    """The first line of `text`, cut to `width` characters; "…" says something was left out."""
+    lines = text.strip().splitlines() or [""]
+    if len(lines) == 1 and len(lines[0]) <= width:
+        return lines[0]
+    return lines[0][: width - 1].rstrip() + "…"
+
+
+def event_line(event: JSON) -> Text:
+    """One event for people: when, who (human or agent), what, on which task, and what changed or was said."""
+    actor = f"{event['actor_id']} ({event['actor_type']}"
+    actor += f" for {event['owner_id']})" if event.get("owner_id") else ")"
+    parts = [when(event["at"], seconds=True), actor, event["type"]]
+    if event.get("task_id") is not None:
+        parts.append(f"task {event['task_id']}")
+    if event.get("project_slug"):
+        parts.append(f"[{event['project_slug']}]")
+    comment = event.get("comment")
+    if comment is not None:
+        said = "(deleted)" if comment.get("body") is None else f"“{shorten(comment['body'])}”"
+        if comment.get("mentions"):
+            said += f", mentions {', '.join(comment['mentions'])}"
+        parts.append(said)
+    elif event.get("changes"):
+        parts.append(shorten("; ".join(change(key, value) for key, value in event["changes"].items())))
+    return Text("  ".join(parts))
+
+
+def print_event(json_output: bool, event: JSON) -> None:
+    """One event on one line, written at once (a pipe would otherwise hold it back)."""
+    if json_output:
+        sys.stdout.write(json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+    else:
+        stdout().print(event_line(event), soft_wrap=True)
+
+
+# Typer takes a list of enum members, not of a Literal's words: the same words, as an enum.
+EventTypeChoice = enum.StrEnum("EventTypeChoice", {word: word for word in get_args(EventType)})  # type: ignore[misc]
+EventTypeOption = Annotated[
+    list[EventTypeChoice] | None,
+    typer.Option("--type", "-t", help="Only events of this type (an audit action, e.g. task.created). Repeatable."),
+]
+
+
+def event_types(choices: list[EventTypeChoice] | None) -> list[EventType] | None:
+    return None if choices is None else [cast(EventType, choice.value) for choice in choices]
+
+
+FeedProjectOption = Annotated[str | None, typer.Option("--project", "-p", help="Only this project's events.")]
+FeedTaskOption = Annotated[int | None, typer.Option("--task", min=1, metavar="ID", help="Only this task's events.")]
+MentioningOption = Annotated[
+    str | None, typer.Option("--mentioning", metavar="WORKER", help="Only comments that mention this worker id.")
+]
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    after: Annotated[
+        int | None,
+        typer.Option(min=0, metavar="ID", help="After this event id (the last next_after); 0: from the start."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many events.")] = 100,
+    project: FeedProjectOption = None,
+    task: FeedTaskOption = None,
+    type: EventTypeOption = None,
+    mentioning: MentioningOption = None,
+    wait: Annotated[
+        int,
+        typer.Option("--wait", "-w", min=0, max=60, metavar="SECONDS", help="If there is none yet, wait this long."),
+    ] = 0,
+) -> None:
+    """One page of the event feed, oldest first, and the next_after to read on from (without --after: from now)."""
+    with api(ctx) as client:
+        reply = client.events(
+            after=after,
+            limit=limit,
+            project=project,
+            task_id=task,
+            type=event_types(type),
+            mentioning=mentioning,
+            wait_seconds=wait or None,
+        )
+
+    def render(console: Console, page: JSON) -> None:
+        if not page["events"]:
+            console.print("No events.")
+        for event in page["events"]:
+            console.print(event_line(event), soft_wrap=True)
+        console.print(f"next_after: {page['next_after']} (pass it as --after to read on)")
+
+    show(ctx, reply, render)
+
+
+@app.command()
+def watch(
+    ctx: typer.Context,
+    project: FeedProjectOption = None,
+    task: FeedTaskOption = None,
+    type: EventTypeOption = None,
+    mentioning: MentioningOption = None,
+    after: Annotated[
+        int | None,
+        typer.Option(min=0, metavar="ID", help="Start after this event id (0: from the start); default: from now."),
+    ] = None,
+) -> None:
+    """Follow the board live: print each event as it happens, until Ctrl-C (reconnects by itself)."""
+    json_output = options_of(ctx).json_output
+    try:
+        with api(ctx) as client:
+            for event in client.stream_events(
+                after=after, project=project, task_id=task, type=event_types(type), mentioning=mentioning
+            ):
+                print_event(json_output, event)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 # ---------------------------------------------------------------- projects and members

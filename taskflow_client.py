@@ -16,18 +16,29 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, TypedDict
 from urllib.parse import quote, urlsplit
 
 import httpx
+from httpx_sse import EventSource
 
 DEFAULT_TIMEOUT = 30.0
 # Failures after which a POST may or may not have reached the server: resent with the same
 # Idempotency-Key, so the API does it at most once. A refused connection sent nothing.
 RESENDABLE = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 RESEND_DELAYS = (0.2, 1.0)
+# The server sends a keep-alive comment at least every 15 s: a stream silent for three times
+# that is a dead connection (a peer gone without a word), and is reconnected.
+STREAM_READ_TIMEOUT = 45.0
+# Before reconnecting a dropped stream: the server's `retry:` (2 s) once it has said it, this
+# until then; doubled after each reconnection that fails, up to the cap.
+RECONNECT_DELAY = 1.0
+RECONNECT_DELAY_CAP = 30.0
+# Answers to a reconnection that say "not now" rather than "never": a proxy or a server that is
+# restarting. Any other error answer ends the stream.
+RETRYABLE_STATUS = frozenset({502, 503, 504})
 
 JSON = Any
 
@@ -44,6 +55,34 @@ TaskSort = Literal[
 # The server also knows `system` (TaskFlow itself, e.g. when a lease runs out): no client registers it.
 WorkerType = Literal["human", "agent"]
 ProjectRole = Literal["owner", "member"]
+# An event's `type`: the audit action it is (lease_expired has no dot: it is stored as it always was).
+EventType = Literal[
+    "task.created",
+    "task.updated",
+    "task.deleted",
+    "task.started",
+    "task.claimed",
+    "task.progress",
+    "task.review",
+    "task.completed",
+    "task.blocked",
+    "task.unblocked",
+    "task.released",
+    "lease_expired",
+    "dependency.added",
+    "dependency.removed",
+    "project.created",
+    "project.updated",
+    "project.deleted",
+    "member.added",
+    "member.updated",
+    "member.removed",
+    "worker.registered",
+    "worker.updated",
+    "comment.added",
+    "comment.edited",
+    "comment.deleted",
+]
 # The keywords of `update_task` whose field may be emptied.
 ClearableTaskField = Literal["description", "assigned_to", "project", "parent_id", "due_date"]
 
@@ -163,6 +202,7 @@ class TaskFlowClient:
         resend_delays: tuple[float, ...] = RESEND_DELAYS,
     ) -> None:
         self.url = normalize_url(url)
+        self.timeout = timeout
         self.resend_delays = resend_delays
         headers = {"User-Agent": user_agent, "Accept": "application/json"}
         if token:
@@ -190,11 +230,13 @@ class TaskFlowClient:
         params: dict[str, Any] | None = None,
         json_body: JSON = None,
         headers: dict[str, str] | None = None,
+        wait_seconds: int | None = None,
     ) -> Reply:
         """Send one request; return the reply on 2xx, else raise `ApiError` or `ConnectionFailed`.
 
         Every POST carries an `Idempotency-Key`, so resending it after a failure that may have
         happened after the server acted (a timeout, a dropped connection) never does a thing twice.
+        A request that may wait on the server (`wait_seconds`) gets that much more time to answer.
         """
         headers = dict(headers or {})
         content = None if json_body is None else json.dumps(json_body)
@@ -204,9 +246,17 @@ class TaskFlowClient:
         if method == "POST":
             headers.setdefault("Idempotency-Key", uuid.uuid4().hex)
         resent = False
+        timeout = httpx.Timeout(self.timeout, read=self.timeout + wait_seconds) if wait_seconds else None
         while True:
             try:
-                response = self._http.request(method, path, params=_query(params), content=content, headers=headers)
+                response = self._http.request(
+                    method,
+                    path,
+                    params=_query(params),
+                    content=content,
+                    headers=headers,
+                    timeout=timeout or httpx.USE_CLIENT_DEFAULT,
+                )
             except RESENDABLE as exc:
                 delay = next(delays, None)
                 if delay is None:
@@ -242,8 +292,8 @@ class TaskFlowClient:
     def get(self, path: str, **params: Any) -> Reply:
         return self.request("GET", path, params=params)
 
-    def post(self, path: str, json_body: JSON = None, **params: Any) -> Reply:
-        return self.request("POST", path, params=params, json_body=json_body)
+    def post(self, path: str, json_body: JSON = None, *, wait_seconds: int | None = None, **params: Any) -> Reply:
+        return self.request("POST", path, params=params, json_body=json_body, wait_seconds=wait_seconds)
 
     def page(self, path: str, **params: Any) -> Page:
         reply = self.get(path, **params)
@@ -361,16 +411,19 @@ class TaskFlowClient:
         min_priority: TaskPriority | None = None,
         lease_seconds: int | None = None,
         labels: Iterable[str] | None = None,
+        wait_seconds: int | None = None,
     ) -> Reply:
         """`POST /api/tasks/claim`: the claimed task, or a reply whose data is None when nothing is ready (204).
-        With `labels`, only a task carrying every one of them."""
+        With `labels`, only a task carrying every one of them. With `wait_seconds` (0-60), when nothing is
+        ready the server waits that long for a task to become ready and claims it: wait instead of polling."""
         body = {
             "project": project,
             "min_priority": min_priority,
             "lease_seconds": lease_seconds,
             "labels": list(labels) if labels else None,
+            "wait_seconds": wait_seconds,
         }
-        return self.post("/api/tasks/claim", _given(body))
+        return self.post("/api/tasks/claim", _given(body), wait_seconds=wait_seconds)
 
     def start_task(self, task_id: int, *, lease_seconds: int | None = None) -> Reply:
         return self.post(f"/api/tasks/{task_id}/start", lease_seconds=lease_seconds)
@@ -427,6 +480,96 @@ class TaskFlowClient:
 
     def delete_comment(self, task_id: int, comment_id: int) -> Reply:
         return self.request("DELETE", f"/api/tasks/{task_id}/comments/{comment_id}")
+
+    # ------------------------------------------------------------ the event feed
+
+    def events(
+        self,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+        project: str | None = None,
+        task_id: int | None = None,
+        type: Iterable[EventType] | None = None,
+        mentioning: str | None = None,
+        wait_seconds: int | None = None,
+    ) -> Reply:
+        """`GET /api/events`: `{"events": [...], "next_after": N}`, the events after `after` that you may see,
+        oldest first (`after` None: from now; 0: from the start). Read on with `after=next_after`, which
+        gets every event once. With `wait_seconds` (0-60), an empty page waits that long for an event."""
+        params = {
+            "after": after,
+            "limit": limit,
+            "project": project,
+            "task_id": task_id,
+            "type": list(type) if type else None,
+            "mentioning": mentioning,
+            "wait_seconds": wait_seconds,
+        }
+        return self.request("GET", "/api/events", params=params, wait_seconds=wait_seconds)
+
+    def stream_events(
+        self,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+        project: str | None = None,
+        task_id: int | None = None,
+        type: Iterable[EventType] | None = None,
+        mentioning: str | None = None,
+        max_reconnects: int | None = None,
+        read_timeout: float = STREAM_READ_TIMEOUT,
+    ) -> Generator[JSON, None, None]:
+        """Follow `GET /api/events/stream` live: yield each event (a dict, as `events()` has them) as it arrives.
+
+        It never ends by itself. When the connection drops (a network error, a silence longer than
+        `read_timeout`, the server closing it as it stops), it reconnects after a short backoff (the
+        server's `retry:`, doubled after each failed attempt, at most 30 s) with
+        `Last-Event-ID` set to the last event yielded, so nothing is missed or repeated. `after=None`
+        (from now) is pinned first with one `events()` read, whose events are yielded too, so even
+        a drop before the first event resumes from where the stream began. A first connection that
+        fails raises `ConnectionFailed`; after that, `max_reconnects` bounds the reconnections in a
+        row without a stream opening (None: forever), past which `ConnectionFailed` is raised. An
+        error answer other than 502/503/504 raises `ApiError` (a cursor the server does not know, a
+        token that expired). Close the generator to stop.
+        """
+        filters: dict[str, Any] = {"limit": limit, "project": project, "task_id": task_id, "mentioning": mentioning}
+        types = list(type) if type else None
+        if after is None:
+            page = self.events(**filters, type=types).data
+            yield from page["events"]
+            after = page["next_after"]
+        params = _given(filters | {"type": types})
+        delay, failures, opened = RECONNECT_DELAY, 0, False
+        timeout = httpx.Timeout(self.timeout, read=read_timeout)
+        while True:
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-store", "Last-Event-ID": str(after)}
+            try:
+                with self._http.stream(
+                    "GET", "/api/events/stream", params=params, headers=headers, timeout=timeout
+                ) as response:
+                    if response.status_code in RETRYABLE_STATUS:
+                        raise _Unavailable(f"HTTP {response.status_code} {response.reason_phrase}")
+                    _check_stream(response)
+                    failures, opened = 0, True
+                    for sse in EventSource(response).iter_sse():
+                        if sse.retry is not None:
+                            delay = sse.retry / 1000
+                        if not sse.data:  # a `retry:` alone: nothing to dispatch
+                            continue
+                        event = _event_of(response, sse.data)
+                        after = int(sse.id) if sse.id.isdigit() else event["id"]
+                        yield event
+            except (httpx.TransportError, _Unavailable) as exc:
+                reason = _reason(exc) if isinstance(exc, httpx.TransportError) else str(exc)
+            else:
+                reason = "the server ended the stream"
+            if not opened:  # never connected at all: a wrong URL or a server that is down, not a drop
+                raise ConnectionFailed(self.url, reason)
+            failures += 1
+            if max_reconnects is not None and failures > max_reconnects:
+                raise ConnectionFailed(self.url, f"{reason}; gave up after {max_reconnects} reconnections")
+            time.sleep(min(delay * 2 ** (failures - 1), RECONNECT_DELAY_CAP))
 
     # ------------------------------------------------------------ projects and members
 
@@ -519,6 +662,32 @@ class TaskFlowClient:
             limit=limit,
             offset=offset,
         )
+
+
+class _Unavailable(Exception):
+    """A stream could not be opened for now (502, 503, 504): try again after a while."""
+
+
+def _check_stream(response: httpx.Response) -> None:
+    """Raise `ApiError` unless the response is an event stream: an error answer, or a page from something else."""
+    if response.is_error:
+        response.read()
+        raise ApiError.from_response(response)
+    content_type = response.headers.get("content-type", "").partition(";")[0].strip()
+    if content_type != "text/event-stream":
+        message = f"Expected an event stream from {response.request.url}, got {content_type or 'nothing'}"
+        raise ApiError(response.status_code, "http_error", message, None, "")
+
+
+def _event_of(response: httpx.Response, data: str) -> JSON:
+    try:
+        event = json.loads(data)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict) or not isinstance(event.get("id"), int):
+        message = f"Expected an event's JSON from {response.request.url}, got {data[:200]!r}"
+        raise ApiError(response.status_code, "http_error", message, None, data)
+    return event
 
 
 def _code(response: httpx.Response) -> str | None:

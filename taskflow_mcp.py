@@ -30,6 +30,7 @@ from taskflow_client import (
     ClearableTaskField,
     ClientError,
     ConfigurationError,
+    EventType,
     Reply,
     TaskFlowClient,
     TaskPriority,
@@ -46,6 +47,11 @@ heartbeat or update_progress before the lease expires -> submit_for_review or co
 If you cannot go on, block_task with the reason, or release_task to hand the task back.
 Talk on a task with add_comment (read what others said with list_comments); @worker-id in a
 comment mentions that worker.
+
+Never poll in a loop. When nothing is ready, call claim_next_task with wait_seconds (e.g. 60): it
+returns as soon as a task becomes ready for you. To wait for what happens on the board (a reply,
+an @mention of you, a task changing), call wait_for_events, each time with the previous call's
+next_after.
 
 A failed call returns an error whose `code` says what happened: not_found (no such task, or you
 may not see it), forbidden (the action belongs to someone else), invalid_transition (the task's
@@ -280,20 +286,36 @@ def claim_next_task(
             "equipped for (e.g. ['python']), so you are not handed work you cannot do.",
         ),
     ] = None,
+    wait_seconds: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=60,
+            description="If nothing is ready, wait up to this many seconds (0-60) for a task to become ready "
+            "and claim it then. Pass 30-60 when you are idle instead of calling again in a loop.",
+        ),
+    ] = 0,
 ) -> dict[str, Any]:
     """Claim the best task that is ready for you and start it, atomically: no other worker can get
     the same task. Picks the highest priority, then the soonest due, then the oldest, among pending
     tasks that are unassigned or assigned to you and wait for no unfinished dependency.
 
-    Use it when you are free for new work. Returns {"claimed": true, "task": {...}} with the task
-    now in_progress and assigned to you, or {"claimed": false, "task": null} when nothing is ready.
-    Keep the claim alive with heartbeat or update_progress until you finish.
+    Use it when you are free for new work. When nothing is ready, do not poll: pass wait_seconds
+    (e.g. 30-60) and the call returns as soon as a task becomes ready (created, released, unblocked,
+    assigned to you), already claimed for you. Returns {"claimed": true, "task": {...}} with the task
+    now in_progress and assigned to you, or {"claimed": false, "task": null} when nothing is ready
+    (within wait_seconds). Keep the claim alive with heartbeat or update_progress until you finish.
     """
     claimed = client.claim_next(
-        project=project, min_priority=min_priority, lease_seconds=lease_seconds, labels=labels
+        project=project,
+        min_priority=min_priority,
+        lease_seconds=lease_seconds,
+        labels=labels,
+        wait_seconds=wait_seconds or None,
     ).data
     if claimed is None:
-        return {"claimed": False, "task": None, "message": "Nothing is ready to claim right now."}
+        waited = f" (waited {wait_seconds} s)" if wait_seconds else ""
+        return {"claimed": False, "task": None, "message": f"Nothing is ready to claim right now{waited}."}
     return {"claimed": True, "task": claimed}
 
 
@@ -424,6 +446,57 @@ def add_comment(
     return comment
 
 
+# ---------------------------------------------------------------- waiting for what happens
+
+
+def wait_for_events(
+    client: TaskFlowClient,
+    after: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            description="The next_after of your previous call, to get each event exactly once. Omit it on your "
+            "first call to start from now; 0 starts from the oldest event.",
+        ),
+    ] = None,
+    project: ProjectSlug = None,
+    task_id: Annotated[int | None, Field(ge=1, description="Only events about this task.")] = None,
+    types: Annotated[
+        list[EventType] | None,
+        Field(description="Only events of these types, e.g. ['comment.added', 'task.created']."),
+    ] = None,
+    mentioning: Annotated[
+        str | None,
+        Field(
+            description="Only comments that @mention this worker id: pass your own id to wait until someone asks you."
+        ),
+    ] = None,
+    wait_seconds: Annotated[
+        int,
+        Field(ge=0, le=60, description="If there is no event yet, wait up to this many seconds (0-60) for one."),
+    ] = 30,
+    limit: Annotated[int, Field(ge=1, le=500, description="At most this many events.")] = 100,
+) -> dict[str, Any]:
+    """Wait for what happens on the board: the events you may see (tasks created, claimed, changed,
+    completed; comments added; ...), oldest first. It returns as soon as there is at least one, or
+    after wait_seconds with none, so do not poll: call it again, each time with after set to the
+    next_after it returned, to get every event exactly once. Use mentioning=<your worker id> to wait
+    until someone @mentions you in a comment, or task_id to follow one task. Each event has id, type,
+    at, actor_id, actor_type (human or agent), task_id, project_slug, changes (what changed) and, for
+    comments, comment {id, body, mentions}. Returns {"events": [...], "next_after": <cursor>}.
+    """
+    page: dict[str, Any] = client.events(
+        after=after,
+        limit=limit,
+        project=project,
+        task_id=task_id,
+        type=types,
+        mentioning=mentioning,
+        wait_seconds=wait_seconds or None,
+    ).data
+    return page
+
+
 # ---------------------------------------------------------------- the server
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
@@ -435,6 +508,7 @@ TOOLS: list[tuple[Callable[..., Any], ToolAnnotations]] = [
     (get_task, READ_ONLY),
     (get_task_history, READ_ONLY),
     (list_comments, READ_ONLY),
+    (wait_for_events, READ_ONLY),
     (create_task, WRITES),
     (update_task, WRITES),
     (claim_next_task, WRITES),

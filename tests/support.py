@@ -149,6 +149,18 @@ def run_together(*calls: Callable[[], T]) -> list[T]:
         return [future.result() for future in [pool.submit(run, call) for call in calls]]
 
 
+def later(seconds: float, call: Callable[[], object]) -> threading.Thread:
+    """Run `call` in a thread after `seconds`: something that happens while the caller waits. Join it."""
+
+    def run() -> None:
+        time.sleep(seconds)
+        call()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 @contextmanager
 def case(failures: list[str], name: str) -> Iterator[None]:
     """Run one case of many; a failed assertion is recorded under `name` instead of ending the test."""

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -885,6 +888,158 @@ def test_the_client_raises_the_apis_message_and_code(live_server: Any, make_toke
 
     assert (raised.value.status_code, raised.value.code) == (404, "not_found")
     assert raised.value.message == raised.value.body["error"]
+
+
+# ---------------------------------------------------------------- waiting and the event feed
+
+# Only guards against a hang: every wait below ends long before this when things work.
+HANG = 30
+
+
+@dataclass
+class Running:
+    """A `taskflow` process started by a test: its stdout read line by line as it comes."""
+
+    process: subprocess.Popen[str]
+
+    def line(self) -> str:
+        """The next line it prints (fails rather than hangs)."""
+        assert self.process.stdout is not None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(self.process.stdout.readline).result(timeout=HANG)
+
+
+@pytest.fixture
+def taskflow_process(
+    live_server: Any, make_token: Callable[..., str], tmp_path: Path
+) -> Iterator[Callable[..., Running]]:
+    """`taskflow_process(*args, user=...)`: the installed `taskflow` started in the background; stopped afterwards."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, user: str = "alice") -> Running:
+        env = {
+            **os.environ,
+            "TASKFLOW_URL": live_server.url,
+            "TASKFLOW_TOKEN": make_token(user),
+            "XDG_CONFIG_HOME": str(tmp_path),
+            "COLUMNS": "200",
+            "NO_COLOR": "1",
+        }
+        process = subprocess.Popen(
+            [str(TASKFLOW), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        started.append(process)
+        return Running(process)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=HANG)
+
+
+def feed_cursor(api: httpx.Client, auth: AuthHeaders) -> int:
+    """Where the feed is now: events after it are the ones still to come."""
+    response = api.get("/api/events", headers=auth("alice"))
+    assert response.status_code == 200, response.text
+    cursor: int = response.json()["next_after"]
+    return cursor
+
+
+def test_claim_wait_with_nothing_ready_answers_nothing_when_the_wait_ends(cli: Cli) -> None:
+    started = time.monotonic()
+
+    result = cli("claim", "--wait", "1")
+
+    assert result.exit_code == 0, result.output
+    assert "Nothing is ready to claim." in result.stdout
+    assert time.monotonic() - started < HANG
+
+
+@pytest.mark.usefixtures("board")
+def test_claim_wait_claims_a_task_created_while_it_waits(
+    taskflow_process: Callable[..., Running], api: httpx.Client, auth: AuthHeaders
+) -> None:
+    waiting = taskflow_process("--json", "claim", "--wait", "30", "--project", "demo", user="bob")
+    time.sleep(1)  # let it start waiting; had it not yet, it claims at once, which passes as well
+    task = new_task(api, auth, "Arrives while bob waits")
+
+    claimed = json.loads(waiting.line())
+
+    assert (claimed["id"], claimed["status"], claimed["assigned_to"]) == (task["id"], "in_progress", "bob")
+    assert waiting.process.wait(timeout=HANG) == 0
+
+
+@pytest.mark.usefixtures("board")
+def test_watch_json_prints_each_event_as_one_line_and_exits_0_on_ctrl_c(
+    taskflow_process: Callable[..., Running], api: httpx.Client, auth: AuthHeaders
+) -> None:
+    cursor = feed_cursor(api, auth)
+    watching = taskflow_process("--json", "watch", "--project", "demo", "--after", str(cursor), user="bob")
+    task = new_task(api, auth, "Watched")
+    api.post(f"/api/tasks/{task['id']}/comments", json={"body": "Over to you @bob"}, headers=auth("alice"))
+
+    created, commented = json.loads(watching.line()), json.loads(watching.line())
+    watching.process.send_signal(signal.SIGINT)
+    _, stderr = watching.process.communicate(timeout=HANG)
+
+    assert (created["type"], created["task_id"], created["actor_id"]) == ("task.created", task["id"], "alice")
+    assert created["changes"]["title"] == [None, "Watched"]
+    assert (commented["type"], commented["comment"]["body"], commented["comment"]["mentions"]) == (
+        "comment.added",
+        "Over to you @bob",
+        ["bob"],
+    )
+    assert commented["id"] > created["id"]
+    assert watching.process.returncode == 0
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.usefixtures("board")
+def test_watch_for_people_prints_a_line_per_event_with_actor_type_task_and_what_changed(
+    taskflow_process: Callable[..., Running], api: httpx.Client, auth: AuthHeaders
+) -> None:
+    cursor = feed_cursor(api, auth)
+    watching = taskflow_process("watch", "--type", "task.created", "--after", str(cursor))
+    task = new_task(api, auth, "Seen by people")
+
+    line = watching.line()
+    watching.process.send_signal(signal.SIGINT)
+
+    assert "alice (human)" in line
+    assert f"task.created  task {task['id']}  [demo]" in line
+    assert "title: Seen by people" in line
+    assert watching.process.wait(timeout=HANG) == 0
+
+
+@pytest.mark.usefixtures("board")
+def test_events_prints_a_page_and_where_to_read_on_for_people_and_as_json(
+    cli: Cli, api: httpx.Client, auth: AuthHeaders
+) -> None:
+    cursor = feed_cursor(api, auth)
+    task = new_task(api, auth, "Paged")
+    api.post(f"/api/tasks/{task['id']}/comments", json={"body": "Line one\nline two @bob"}, headers=auth("alice"))
+
+    human = cli("events", "--after", str(cursor), "--project", "demo")
+    page = output_json(cli("--json", "events", "--after", str(cursor), "--limit", "1"))
+    rest = output_json(cli("--json", "events", "--after", str(page["next_after"]), "--type", "comment.added"))
+    empty = cli("events", "--after", str(rest["next_after"]), "--task", str(task["id"]), "--wait", "1")
+
+    assert human.exit_code == 0, human.output
+    assert f"task.created  task {task['id']}  [demo]" in human.stdout
+    assert "“Line one…”, mentions bob" in human.stdout
+    assert [event["type"] for event in page["events"]] == ["task.created"]
+    assert [event["comment"]["body"] for event in rest["events"]] == ["Line one\nline two @bob"]
+    assert empty.exit_code == 0, empty.output
+    assert "No events." in empty.stdout
+    assert f"next_after: {rest['next_after']}" in empty.stdout
+
+
+def test_events_after_an_unknown_id_exits_1_with_the_apis_message(cli: Cli) -> None:
+    result = cli("events", "--after", "999999")
+
+    assert result.exit_code == 1
+    assert "No event has id 999999" in result.stderr
 
 
 # ---------------------------------------------------------------- the installed console script

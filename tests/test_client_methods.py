@@ -4,12 +4,22 @@ JSON fields and query parameters, once, for the CLI and the MCP tools alike.
 
 from __future__ import annotations
 
+import socket
+import struct
+import threading
+import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
+from support import later
 
-from taskflow_client import TaskFlowClient
+from taskflow_client import JSON, TaskFlowClient
+
+T = TypeVar("T")
+# Only guards against a hang: every wait below ends long before this when things work.
+HANG = 20.0
 
 
 @pytest.fixture
@@ -155,3 +165,177 @@ def test_the_comment_methods_post_list_page_edit_and_delete(alice: TaskFlowClien
     assert (edited["body"], edited["mentions"], edited["edited"]) == ("First, edited", [], True)
     assert deleted.data is None
     assert [comment["id"] for comment in alice.list_comments(task["id"]).items] == [first["id"]]
+
+
+# ---------------------------------------------------------------- the event feed and waiting
+
+
+def test_events_pages_oldest_first_and_next_after_continues_without_repeats(alice: TaskFlowClient) -> None:
+    created = [alice.create_task(title).data["id"] for title in ["One", "Two", "Three"]]
+    alice.start_task(created[0])
+
+    first = alice.events(after=0, type=["task.created"], limit=2).data
+    rest = alice.events(after=first["next_after"], type=["task.created"], limit=2).data
+    nothing = alice.events(after=rest["next_after"], type=["task.created"]).data
+    now = alice.events().data
+    started = alice.events(after=0, task_id=created[0], type=["task.started", "task.claimed"]).data
+
+    assert [event["task_id"] for event in first["events"] + rest["events"]] == created
+    assert {event["type"] for event in first["events"] + rest["events"]} == {"task.created"}
+    assert (nothing["events"], nothing["next_after"]) == ([], rest["next_after"])
+    assert now["events"] == []
+    assert now["next_after"] >= first["events"][0]["id"]
+    assert [(event["type"], event["actor_id"]) for event in started["events"]] == [("task.started", "alice")]
+
+
+def test_events_with_wait_seconds_returns_an_event_written_while_it_waits(
+    alice: TaskFlowClient, live_server: Any, make_token: Callable[..., str]
+) -> None:
+    cursor = alice.events().data["next_after"]
+    with TaskFlowClient(live_server.url, make_token("bob")) as bob:
+        writer = later(0.5, lambda: bob.create_task("Made while alice waits", assigned_to="alice"))
+        started = time.monotonic()
+        page = alice.events(after=cursor, type=["task.created"], wait_seconds=30).data
+        writer.join()
+
+    assert [event["changes"]["title"][1] for event in page["events"]] == ["Made while alice waits"]
+    assert page["next_after"] == page["events"][-1]["id"]
+    assert time.monotonic() - started < HANG
+
+
+def test_claim_next_with_wait_seconds_claims_a_task_created_while_it_waits(
+    alice: TaskFlowClient, live_server: Any, make_token: Callable[..., str]
+) -> None:
+    nothing = alice.claim_next(wait_seconds=1)
+    with TaskFlowClient(live_server.url, make_token("alice")) as other:
+        writer = later(0.5, lambda: other.create_task("Arrives later"))
+        claimed = alice.claim_next(wait_seconds=30).data
+        writer.join()
+
+    assert nothing.data is None
+    assert (claimed["title"], claimed["status"], claimed["assigned_to"]) == ("Arrives later", "in_progress", "alice")
+
+
+class CuttingProxy:
+    """A TCP proxy to `port` whose connections can be cut, as a network failure cuts them: the
+    client's side is reset (RST), the server's side closed. Keeps the request head of each connection."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.requests: list[bytes] = []
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
+        self.accepting = threading.Thread(target=self.accept, daemon=True)
+        self.accepting.start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            with self.lock:
+                self.pairs.append((downstream, upstream))
+                index = len(self.requests)
+                self.requests.append(b"")
+                for source, target, head in [(downstream, upstream, index), (upstream, downstream, None)]:
+                    thread = threading.Thread(target=self.pump, args=(source, target, head), daemon=True)
+                    self.threads.append(thread)
+                    thread.start()
+
+    def pump(self, source: socket.socket, target: socket.socket, head: int | None) -> None:
+        try:
+            while data := source.recv(65536):
+                if head is not None:
+                    with self.lock:
+                        self.requests[head] += data
+                target.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        """Drop every open connection."""
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for downstream, upstream in pairs:
+            # SO_LINGER 0: closing sends a reset, not an orderly end.
+            downstream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            for sock in (downstream, upstream):
+                try:
+                    sock.shutdown(socket.SHUT_RD)  # wakes the pump blocked in recv
+                except OSError:
+                    pass
+        with self.lock:
+            threads, self.threads = self.threads, []
+        for thread in threads:
+            thread.join(timeout=5)
+        for downstream, upstream in pairs:
+            downstream.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.accepting.join(timeout=5)
+        self.cut()
+
+
+@pytest.fixture
+def proxy(live_server: Any) -> Iterator[CuttingProxy]:
+    port = int(live_server.url.rsplit(":", 1)[1])
+    proxy = CuttingProxy(port)
+    yield proxy
+    proxy.close()
+
+
+def next_within(pool: ThreadPoolExecutor, stream: Iterator[T]) -> T:
+    """The stream's next item, failing instead of hanging if it does not come."""
+    return pool.submit(next, stream).result(timeout=HANG)
+
+
+def test_stream_events_follows_live_and_resumes_after_a_dropped_connection_without_gaps_or_repeats(
+    alice: TaskFlowClient, proxy: CuttingProxy, make_token: Callable[..., str]
+) -> None:
+    cursor = alice.events().data["next_after"]
+    titles: list[str] = []
+
+    def title(event: JSON) -> str:
+        assert event["type"] == "task.created", event
+        return str(event["changes"]["title"][1])
+
+    with (
+        TaskFlowClient(proxy.url, make_token("alice")) as watcher,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        stream = watcher.stream_events(after=cursor, type=["task.created"], max_reconnects=5)
+        try:
+            alice.create_task("Before the stream opened")
+            titles.append(title(next_within(pool, stream)))
+            writer = later(0.5, lambda: alice.create_task("While it listens"))
+            titles.append(title(next_within(pool, stream)))
+            writer.join()
+
+            proxy.cut()
+            alice.create_task("While it was cut off")
+            alice.update_task(alice.create_task("Also while cut off").data["id"], title="Renamed, not created")
+            titles.append(title(next_within(pool, stream)))
+            titles.append(title(next_within(pool, stream)))
+            alice.create_task("After it came back")
+            titles.append(title(next_within(pool, stream)))
+        finally:
+            pool.submit(stream.close).result(timeout=HANG)
+
+    assert titles == [
+        "Before the stream opened",
+        "While it listens",
+        "While it was cut off",
+        "Also while cut off",
+        "After it came back",
+    ]
+    streams = [head for head in proxy.requests if head.startswith(b"GET /api/events/stream")]
+    assert len(streams) == 2
+    last_before_the_cut = alice.events(after=cursor, type=["task.created"], limit=2).data["events"][1]["id"]
+    assert f"last-event-id: {last_before_the_cut}\r\n".encode() in streams[1].lower()

@@ -89,3 +89,19 @@ def test_every_keyword_of_a_body_the_client_sends_is_a_field_of_the_server_and_e
 
 def test_the_clients_artifact_has_exactly_the_servers_fields() -> None:
     assert set(taskflow_client.Artifact.__annotations__) == set(models.Artifact.model_fields)
+
+
+def test_the_clients_event_types_are_the_servers_audit_actions() -> None:
+    assert words(taskflow_client.EventType) == {action.value for action in models.AuditAction}
+
+
+def test_the_feeds_keywords_are_the_servers_query_and_the_stream_has_all_but_waiting() -> None:
+    events = set(inspect.signature(TaskFlowClient.events).parameters) - {"self"}
+    stream = set(inspect.signature(TaskFlowClient.stream_events).parameters) - {
+        "self",
+        "max_reconnects",
+        "read_timeout",
+    }
+
+    assert events == set(models.EventQuery.model_fields)
+    assert stream == set(models.EventQuery.model_fields) - {"wait_seconds"}

@@ -24,7 +24,7 @@ from conftest import AuthHeaders
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, TextContent
 from sqlalchemy import Engine, text
-from support import free_port
+from support import free_port, later
 
 from taskflow_client import TaskFlowClient
 from taskflow_mcp import bind, task
@@ -46,6 +46,7 @@ TOOLS = {
     "get_task_history",
     "list_comments",
     "add_comment",
+    "wait_for_events",
 }
 AGENT = "@agent-x"
 
@@ -128,6 +129,10 @@ def test_the_server_offers_every_tool_described_for_a_language_model(run_mcp: Ca
                 assert schema.get("description"), f"{tool.name}.{name} has no description"
         assert tools["list_tasks"].annotations is not None
         assert tools["list_tasks"].annotations.read_only_hint is True
+        assert tools["wait_for_events"].annotations is not None
+        assert tools["wait_for_events"].annotations.read_only_hint is True
+        assert "next_after" in (tools["wait_for_events"].description or "")
+        assert "wait_seconds" in tools["claim_next_task"].input_schema["properties"]
         assert client.instructions is not None
         assert "claim_next_task" in client.instructions
 
@@ -269,6 +274,79 @@ def test_claim_next_task_with_nothing_ready_says_so_without_an_error(run_mcp: Ca
         assert result["task"] is None
 
     run_mcp(scenario)
+
+
+# Only guards against a hang: every wait below ends long before this when things work.
+HANG = 20.0
+
+
+@pytest.mark.usefixtures("board")
+def test_wait_for_events_returns_an_event_written_meanwhile_and_an_empty_page_when_nothing_happens(
+    run_mcp: Callable[..., None], api: httpx.Client, auth: AuthHeaders
+) -> None:
+    seen: dict[str, Any] = {}
+
+    async def scenario(client: Client) -> None:
+        now = data(await client.call_tool("wait_for_events", {"wait_seconds": 0}))
+        writer = later(
+            0.5,
+            lambda: api.post(
+                f"/api/tasks/{new_task(api, auth, 'Ask the agent')['id']}/comments",
+                json={"body": f"Can you take this, {AGENT}?"},
+                headers=auth("alice"),
+            ),
+        )
+        started = time.monotonic()
+        mentioned = data(
+            await client.call_tool(
+                "wait_for_events", {"after": now["next_after"], "mentioning": AGENT, "wait_seconds": 30}
+            )
+        )
+        seen["waited"] = time.monotonic() - started
+        await anyio.to_thread.run_sync(writer.join)
+        quiet = data(await client.call_tool("wait_for_events", {"after": mentioned["next_after"], "wait_seconds": 1}))
+        typed = data(
+            await client.call_tool(
+                "wait_for_events", {"after": now["next_after"], "types": ["task.created"], "wait_seconds": 0}
+            )
+        )
+        seen.update(now=now, mentioned=mentioned, quiet=quiet, typed=typed)
+
+    run_mcp(scenario)
+
+    assert seen["now"]["events"] == []
+    [comment] = seen["mentioned"]["events"]
+    assert (comment["type"], comment["actor_id"], comment["actor_type"]) == ("comment.added", "alice", "human")
+    assert comment["comment"]["mentions"] == [AGENT]
+    assert seen["mentioned"]["next_after"] >= comment["id"]
+    assert seen["quiet"]["events"] == []
+    assert seen["quiet"]["next_after"] >= seen["mentioned"]["next_after"]
+    assert [event["changes"]["title"][1] for event in seen["typed"]["events"]] == ["Ask the agent"]
+    assert seen["waited"] < HANG
+
+
+@pytest.mark.usefixtures("board")
+def test_claim_next_task_with_wait_seconds_claims_a_task_created_while_it_waits(
+    run_mcp: Callable[..., None], api: httpx.Client, auth: AuthHeaders
+) -> None:
+    seen: dict[str, Any] = {}
+
+    async def scenario(client: Client) -> None:
+        seen["nothing"] = data(await client.call_tool("claim_next_task", {"wait_seconds": 1}))
+        writer = later(0.5, lambda: new_task(api, auth, "Arrives while the agent waits"))
+        seen["claimed"] = data(await client.call_tool("claim_next_task", {"project": "demo", "wait_seconds": 30}))
+        await anyio.to_thread.run_sync(writer.join)
+
+    run_mcp(scenario)
+
+    assert (seen["nothing"]["claimed"], seen["nothing"]["task"]) == (False, None)
+    assert "waited 1 s" in seen["nothing"]["message"]
+    claimed = seen["claimed"]["task"]
+    assert (claimed["title"], claimed["status"], claimed["assigned_to"]) == (
+        "Arrives while the agent waits",
+        "in_progress",
+        AGENT,
+    )
 
 
 @pytest.mark.usefixtures("board")

@@ -25,6 +25,12 @@ from taskflow_cli import app
 AGENT = "@agent-x"
 TASKFLOW_MCP = Path(sys.executable).parent / "taskflow-mcp"
 CHANNELS = ["rest", "cli", "mcp"]
+# What the agent says on a task, mentioning its human, and what it delivers on completing another.
+COMMENT = "Rolled back to 1.4; @alice please confirm the numbers."
+RESULT: dict[str, Any] = {
+    "summary": "Published the postmortem.",
+    "artifacts": [{"name": "Postmortem", "url": "https://example.com/postmortems/42"}],
+}
 
 # What each channel is handed: the project's slug and the ids of the tasks alice prepared.
 Workflow = Callable[[str, dict[str, int]], None]
@@ -78,6 +84,7 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
         claimed = post("/api/tasks/claim", json={"project": slug, "lease_seconds": 300})
         post(f"/api/tasks/{claimed['id']}/heartbeat")
         post(f"/api/tasks/{claimed['id']}/progress", params={"percent": 50, "note": "rolled back"})
+        post(f"/api/tasks/{claimed['id']}/comments", json={"body": COMMENT})
         post(f"/api/tasks/{claimed['id']}/review")
         post(f"/api/tasks/{claimed['id']}/complete")
         wiki = ids["Tidy the wiki"]
@@ -88,8 +95,8 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
         assert patched.status_code == 200, patched.text
         last = post("/api/tasks/claim", json={"project": slug})
         assert last["id"] == note["id"]
-        post(f"/api/tasks/{note['id']}/complete")
-        nothing = api.post("/api/tasks/claim", json={"project": slug}, headers=agent)
+        post(f"/api/tasks/{note['id']}/complete", json=RESULT)
+        nothing = api.post("/api/tasks/claim", json={"project": slug, "wait_seconds": 1}, headers=agent)
         assert nothing.status_code == 204, nothing.text
 
     def through_cli(slug: str, ids: dict[str, int]) -> None:
@@ -105,6 +112,7 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
         task_id = str(claimed["id"])
         taskflow("heartbeat", task_id)
         taskflow("progress", task_id, "50", "--note", "rolled back")
+        taskflow("comment", task_id, COMMENT)
         taskflow("review", task_id)
         taskflow("done", task_id)
         wiki = str(ids["Tidy the wiki"])
@@ -113,8 +121,16 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
         taskflow("block", wiki, "--reason", "needs a human")
         taskflow("edit", str(note["id"]), "--description", "Timeline and causes")
         assert taskflow("claim", "--project", slug)["id"] == note["id"]
-        taskflow("done", str(note["id"]))
-        assert taskflow("claim", "--project", slug) is None
+        [artifact] = RESULT["artifacts"]
+        taskflow(
+            "done",
+            str(note["id"]),
+            "--summary",
+            RESULT["summary"],
+            "--artifact",
+            f"{artifact['name']}={artifact['url']}",
+        )
+        assert taskflow("claim", "--project", slug, "--wait", "1") is None
 
     def through_mcp(slug: str, ids: dict[str, int]) -> None:
         params = StdioServerParameters(
@@ -133,6 +149,7 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
                 claimed = (await call("claim_next_task", project=slug, lease_seconds=300))["task"]
                 await call("heartbeat", task_id=claimed["id"])
                 await call("update_progress", task_id=claimed["id"], percent=50, note="rolled back")
+                await call("add_comment", task_id=claimed["id"], body=COMMENT)
                 await call("submit_for_review", task_id=claimed["id"])
                 await call("complete_task", task_id=claimed["id"])
                 wiki = ids["Tidy the wiki"]
@@ -141,8 +158,8 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
                 await call("block_task", task_id=wiki, reason="needs a human")
                 await call("update_task", task_id=note["id"], description="Timeline and causes")
                 assert (await call("claim_next_task", project=slug))["task"]["id"] == note["id"]
-                await call("complete_task", task_id=note["id"])
-                assert (await call("claim_next_task", project=slug))["claimed"] is False
+                await call("complete_task", task_id=note["id"], **RESULT)
+                assert (await call("claim_next_task", project=slug, wait_seconds=1))["claimed"] is False
 
         anyio.run(main)
 
@@ -158,7 +175,7 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
     assert outcomes["cli"] == outcomes["rest"]
     assert outcomes["mcp"] == outcomes["rest"]
 
-    states, trails = outcomes["rest"]
+    states, trails, feed = outcomes["rest"]
     assert states["Fix the outage"]["status"] == "completed"
     assert states["Fix the outage"]["assigned_to"] == AGENT
     assert states["Tidy the wiki"]["status"] == "blocked"
@@ -168,6 +185,7 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
         "task.created",
         "task.claimed",
         "task.progress",
+        "comment.added",
         "task.review",
         "task.completed",
     ]
@@ -184,7 +202,16 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
         "task.claimed",
         "task.completed",
     ]
-    assert len(agent_rows) == 11
+    assert len(agent_rows) == 12
+    [comment] = [row for row in trails["Fix the outage"] if row["action"] == "comment.added"]
+    assert comment["context"]["body"] == [None, COMMENT]
+    assert comment["context"]["mentions"] == [None, ["alice"]]
+    assert states["Write a postmortem"]["result"] == RESULT
+    assert states["Fix the outage"]["result"] is None
+    assert [event["comment"] for event in feed if event["type"] == "comment.added"] == [
+        {"body": COMMENT, "mentions": ["alice"]}
+    ]
+    assert sum(len(trail) for trail in trails.values()) + 2 == len(feed)  # and project.created, member.added
     assert {(row["actor_type"], row["owner_id"]) for row in agent_rows} == {("agent", "alice")}
     human_rows = [row for trail in trails.values() for row in trail if row["actor_id"] != AGENT]
     assert {(row["actor_id"], row["actor_type"]) for row in human_rows} == {("alice", "human")}
@@ -193,8 +220,11 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
 VOLATILE = {"id", "project_slug", "created_at", "updated_at", "lease_expires_at", "timestamp", "request_id", "task_id"}
 
 
-def outcome(api: httpx.Client, auth: AuthHeaders, slug: str) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-    """The project's tasks by title and their audit trails, without ids, slugs and times."""
+Outcome = tuple[dict[str, Any], dict[str, list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+def outcome(api: httpx.Client, auth: AuthHeaders, slug: str) -> Outcome:
+    """The project's tasks by title, their audit trails and the project's event feed, without ids, slugs and times."""
     tasks = api.get("/api/tasks", params={"project": slug, "limit": 100}, headers=auth("alice")).json()
     states = {task["title"]: {k: v for k, v in task.items() if k not in VOLATILE} for task in tasks}
     trails = {}
@@ -205,12 +235,24 @@ def outcome(api: httpx.Client, auth: AuthHeaders, slug: str) -> tuple[dict[str, 
             | {"context": context(row["context"], slug)}
             for row in rows
         ]
-    return states, trails
+    events = api.get("/api/events", params={"after": 0, "project": slug, "limit": 500}, headers=auth("alice"))
+    assert events.status_code == 200, events.text
+    feed = [
+        {k: v for k, v in event.items() if k not in VOLATILE | {"at", "changes", "comment"}}
+        | {"changes": context(event["changes"], slug)}
+        | {"comment": event["comment"] and {k: v for k, v in event["comment"].items() if k != "id"}}
+        for event in events.json()["events"]
+    ]
+    return states, trails, feed
 
 
 def context(changes: dict[str, Any], slug: str) -> dict[str, Any]:
     """An audit row's context with the project's slug and lease end times made comparable."""
-    normal: dict[str, Any] = json.loads(json.dumps(changes).replace(slug, "<project>"))
+    normal: dict[str, Any] = json.loads(
+        json.dumps(changes).replace(slug, "<project>").replace(slug.title(), "<Project>")  # its slug and its name
+    )
     if "lease_expires_at" in normal:
         normal["lease_expires_at"] = [value and "<time>" for value in normal["lease_expires_at"]]
+    if "comment_id" in normal:
+        normal["comment_id"] = "<comment>"
     return normal
