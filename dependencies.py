@@ -96,6 +96,25 @@ async def get_current_user(
 CurrentUser = Annotated[Actor, Depends(get_current_user)]
 
 
+async def still_signed_in(request: Request) -> bool:
+    """Whether the request's token is still good: a stream outlives the moment it was checked.
+
+    A token seen before is answered from memory until its `exp`; after that it is checked again,
+    and an expired one is not. Keys that cannot be fetched right now do not end a stream.
+    """
+    token = request.headers.get("authorization", "").partition(" ")[2]
+    verifier: JWKSVerifier = request.app.state.verifier
+    if verifier.cached(token) is not None:
+        return True
+    try:
+        await run_in_threadpool(verifier.verify, token)
+    except InvalidToken:
+        return False
+    except KeySetUnavailable:
+        return True
+    return True
+
+
 class KnownWorkers:
     """The ids whose worker row exists, so a request need not read it: bounded, most recent kept.
 

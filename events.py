@@ -192,9 +192,14 @@ class EventReader:
         return page
 
     async def stream(
-        self, wakeups: Wakeups, run: Callable[[Callable[[], dict[str, Any]]], Awaitable[dict[str, Any]]]
+        self,
+        wakeups: Wakeups,
+        run: Callable[[Callable[[], dict[str, Any]]], Awaitable[dict[str, Any]]],
+        signed_in: Callable[[], Awaitable[bool]],
     ) -> AsyncIterator[str]:
-        """Server-Sent Events until the client leaves or the server stops; `run` runs a read in a transaction.
+        """Server-Sent Events until the client leaves, its token expires or the server stops; `run`
+        runs a read in a transaction. The client reconnects (with `Last-Event-ID`) and a new
+        token.
 
         Between reads the stream holds no connection and no thread: it waits to be woken by a commit.
         """
@@ -203,7 +208,7 @@ class EventReader:
         sent = loop.time()
         first = True
         soon = SOON_SECONDS
-        while not wakeups.draining:
+        while not wakeups.draining and await signed_in():
             with wakeups.waiter(Topic.events) as waiter:
                 if first:
                     page = await run(self.read)

@@ -51,6 +51,7 @@ from dependencies import (
     etag,
     get_engine,
     in_transaction,
+    still_signed_in,
 )
 from errors import (
     ERROR_CODES,
@@ -696,14 +697,17 @@ async def stream_events(
     """The event feed as Server-Sent Events, live: `id:` is the cursor, `event:` the type, `data:` the event.
 
     Reconnect with `Last-Event-ID` (browsers do) to resume exactly where it stopped. A comment line
-    keeps the connection alive at least every 15 seconds. `wait_seconds` does not apply.
+    keeps the connection alive at least every 15 seconds. The stream ends when your token expires
+    or the server stops: reconnect. `wait_seconds` does not apply.
     """
     if last_event_id is not None:
         query = query.model_copy(update={"after": last_event_id})
     feed = EventReader(session, user, query)
     await in_transaction(session, user, feed.start)  # a bad cursor is a 400 before the stream begins
     return StreamingResponse(
-        feed.stream(wakeups_of(request), lambda read: in_transaction(session, user, read)),
+        feed.stream(
+            wakeups_of(request), lambda read: in_transaction(session, user, read), lambda: still_signed_in(request)
+        ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
     )
@@ -868,7 +872,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_origins=settings.allowed_origins,
         allow_credentials=True,
         allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key", "If-Match"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key", "If-Match", "Last-Event-ID"],
         expose_headers=[
             "X-Total-Count",
             "X-Total-Count-Exact",

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import AuthHeaders, LiveServer
+from conftest import AuthHeaders, LiveServer, TokenFactory
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from support import ON_POSTGRESQL, CreateProject, CreateTask, assert_error
@@ -390,3 +390,13 @@ def test_a_removed_members_open_stream_stops_delivering_the_projects_events(
     titles = [event["changes"].get("title", [None, None])[1] for event in received]
     assert titles == ["seen", "sentinel"]
     lines.close()
+
+
+def test_the_stream_ends_when_its_token_expires(live_server: LiveServer, make_token: TokenFactory) -> None:
+    token = make_token("bob", exp=int(time.time()) + 2)
+    lines = stream_lines(live_server, {"Authorization": f"Bearer {token}"})
+    assert next(lines).startswith("retry:")
+    assert [line for line in lines if line.startswith("id:")] == []  # ended, not cut by a timeout
+    with httpx.Client(base_url=live_server.url, timeout=10) as http:
+        again = http.get("/api/events/stream", headers={"Authorization": f"Bearer {token}"})
+    assert_error(again, 401, "unauthorized")
