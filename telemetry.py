@@ -200,6 +200,10 @@ CONNECTIONS_WAITING = Gauge(
 REQUESTS_WAITING = Gauge(
     "taskflow_requests_waiting", "Requests waiting for a request thread", multiprocess_mode="livesum"
 )
+# Long-poll claims and feed reads, and open event streams: each holds a socket, nothing more.
+WAITERS = Gauge(
+    "taskflow_waiters", "Requests waiting for a commit, by what they wait for", ["topic"], multiprocess_mode="livesum"
+)
 VERSION_INFO = Gauge(
     "taskflow_info", "The running TaskFlow's version (always 1)", ["version"], multiprocess_mode="livemax"
 )

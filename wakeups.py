@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 
+import telemetry
+
 logger = logging.getLogger("taskflow.wakeups")
 
 # How long the listener waits before it connects again after losing its connection.
@@ -105,10 +107,13 @@ class Wakeups:
         lands between the check and the wait still wakes it."""
         waiter = Waiter(topic)
         self._waiters[topic].add(waiter)
+        gauge = telemetry.WAITERS.labels(topic.name)
+        gauge.inc()
         try:
             yield waiter
         finally:
             self._waiters[topic].discard(waiter)
+            gauge.dec()
 
     async def wait_for(
         self,
@@ -122,9 +127,9 @@ class Wakeups:
 
         `attempt(final)` raises `NothingYet` to wait on; when `final` is true (the time is up, or
         the server is stopping) it must answer. A client that is `gone()` gets `left` and nothing
-        more is attempted for it: a claim must not take a task for no one. Checks after a wake-up take turns, at most
-        `concurrent_checks` at once, so that a commit that wakes hundreds of waiters does not
-        fill the request queue and turn other requests away.
+        more is attempted for it: a claim must not take a task for no one. Checks after a wake-up
+        take turns, at most `concurrent_checks` at once, so that a commit that wakes hundreds of
+        waiters does not fill the request queue and turn other requests away.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds

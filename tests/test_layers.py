@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER_LAYERS: list[set[str]] = [
     # Foundations: they import no TaskFlow module.
     {"config", "models", "errors", "auth", "database", "devtoken", "swagger_ui"},
-    {"telemetry", "audit", "wakeups"},
+    {"telemetry", "audit"},
     # The access policy; rate limits and idempotency keys, which apply to every request alike.
-    {"access", "ratelimit", "idempotency"},
+    {"access", "ratelimit", "idempotency", "wakeups"},
     {"workflow"},
     {"services", "sweeper", "events"},
     # Comments use the task lookup and the paging of services.

@@ -150,6 +150,7 @@ def test_waiting_claims_hold_no_thread_and_no_connection_and_others_are_served(
     with httpx.Client(base_url=server.url, timeout=10) as http:
         for _ in range(10):
             assert http.get("/api/tasks", headers=auth("alice")).status_code == 200
+        assert 'taskflow_waiters{topic="work"} 30.0' in http.get("/metrics").text
     # Each claim takes one of the tasks: no task twice, no waiter left behind.
     for number in range(30):
         post(server, "/api/tasks", auth("alice"), json={"title": f"Job {number}"})
