@@ -12,7 +12,7 @@ import functools
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any, TypeVar
@@ -83,6 +83,18 @@ def in_background(call: Callable[[], T]) -> Callable[[], T]:
     future = pool.submit(call)
     pool.shutdown(wait=False)
     return lambda: future.result(timeout=120)
+
+
+async def all_waiting(
+    requests: Sequence[asyncio.Future[httpx.Response]], waiting: Callable[[], int], count: int
+) -> None:
+    """Until `count` requests wait at once; none may have answered yet."""
+    deadline = time.monotonic() + 30
+    while waiting() < count:
+        answered = [request.result() for request in requests if request.done()]
+        assert not answered, f"answered before their wait ended: {[(r.status_code, r.text) for r in answered[:3]]}"
+        assert time.monotonic() < deadline, f"only {waiting()} of {count} are waiting"
+        await asyncio.sleep(0.05)
 
 
 # ---------------------------------------------------------------- one instance
@@ -173,9 +185,7 @@ def test_two_hundred_waiters_on_one_worker_while_plain_reads_keep_answering(
                 asyncio.ensure_future(http.post("/api/tasks/claim", headers=header, json={"wait_seconds": 6}))
                 for header in headers
             ]
-            while wakeups(server).waiting(Topic.work) < 200:
-                await asyncio.sleep(0.05)
-                assert not any(claim.done() for claim in waiting), "a claim answered before its wait ended"
+            await all_waiting(waiting, lambda: wakeups(server).waiting(Topic.work), 200)
             for _ in range(20):
                 response = await http.get("/api/tasks", headers=headers[0])
                 reads.append(response.status_code)
@@ -287,12 +297,11 @@ def test_fifty_tasks_among_a_hundred_waiting_agents_are_each_claimed_once(
             clients = [first, second]
             waiting = [
                 asyncio.ensure_future(
-                    clients[n % 2].post("/api/tasks/claim", headers=header, json={"wait_seconds": 25})
+                    clients[n % 2].post("/api/tasks/claim", headers=header, json={"wait_seconds": 40})
                 )
                 for n, header in enumerate(headers)
             ]
-            while sum(wakeups(server).waiting(Topic.work) for server in servers) < 100:
-                await asyncio.sleep(0.05)
+            await all_waiting(waiting, lambda: sum(wakeups(server).waiting(Topic.work) for server in servers), 100)
             for number in range(50):
                 created = await clients[number % 2].post(
                     "/api/tasks", json={"title": f"Job {number}"}, headers=auth("alice")
