@@ -15,6 +15,7 @@ import enum
 import logging
 import random
 import select
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -96,6 +97,9 @@ class Wakeups:
         self._waiters: dict[Topic, set[Waiter]] = {topic: set() for topic in Topic}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
+        # Written to by `stop`, so that the listener's `select` returns at once rather than at its timeout.
+        self._interrupt: socket.socket | None = None
+        self._interrupter: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self.listening = threading.Event()  # set while the listener holds a connection
 
@@ -204,13 +208,19 @@ class Wakeups:
         """Called on the event loop that serves the app."""
         self.loop = asyncio.get_running_loop()
         if self.listen_url is not None:
+            self._interrupt, self._interrupter = socket.socketpair()
             self._thread = threading.Thread(target=self._listen, name="taskflow-listener", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._interrupt is None or self._interrupter is None:
+            return
+        self._interrupter.send(b"\0")
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=5)
+        self._interrupt.close()
+        self._interrupter.close()
 
     def _listen(self) -> None:
         assert self.listen_url is not None
@@ -226,6 +236,7 @@ class Wakeups:
         engine.dispose()
 
     def _listen_once(self, engine: Engine) -> None:
+        assert self._interrupt is not None
         connection: Any = engine.raw_connection()
         try:
             raw = connection.dbapi_connection
@@ -235,17 +246,14 @@ class Wakeups:
             self.listening.set()
             # Whatever was committed while no one listened wakes everyone once.
             self._wake_from_any_thread(frozenset(Topic))
-            idle = 0.0
             while not self._stop.is_set():
-                readable, _, _ = select.select([raw], [], [], 1.0)
-                if not readable:
-                    idle += 1.0
-                    if idle >= PING_SECONDS:  # a dead peer sends nothing: ask, so that it fails
-                        with raw.cursor() as cursor:
-                            cursor.execute("SELECT 1")
-                        idle = 0.0
+                readable, _, _ = select.select([raw, self._interrupt], [], [], PING_SECONDS)
+                if self._interrupt in readable:
+                    return
+                if not readable:  # a dead peer sends nothing: ask, so that it fails
+                    with raw.cursor() as cursor:
+                        cursor.execute("SELECT 1")
                     continue
-                idle = 0.0
                 raw.poll()
                 topics = frozenset(Topic(notice.channel) for notice in raw.notifies)
                 raw.notifies.clear()
