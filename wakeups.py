@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import random
 import select
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -32,6 +34,8 @@ logger = logging.getLogger("taskflow.wakeups")
 RECONNECT_SECONDS = 2.0
 # How soon a waiter that was told `NothingYet(soon=True)` looks again.
 SOON_SECONDS = 0.05
+# How long the listener may fail to connect before that is a warning rather than part of an outage.
+WARN_AFTER_SECONDS = 60.0
 # How often an idle listener checks that its connection is still there.
 PING_SECONDS = 30.0
 
@@ -88,7 +92,12 @@ class Wakeups:
     this process after each write) is what wakes.
     """
 
-    def __init__(self, listen_url: str | None, recheck_seconds: float, concurrent_checks: int) -> None:
+    def __init__(
+        self,
+        listen_url: str | None,
+        recheck_seconds: float,
+        concurrent_checks: int,
+    ) -> None:
         self.listen_url = listen_url
         self.recheck_seconds = recheck_seconds
         self.concurrent_checks = concurrent_checks
@@ -225,11 +234,29 @@ class Wakeups:
     def _listen(self) -> None:
         assert self.listen_url is not None
         engine = create_engine(self.listen_url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+        failing_since: float | None = None
+        warned_at = -math.inf
         while not self._stop.is_set():
             try:
                 self._listen_once(engine)
             except Exception as error:
-                logger.warning("The notification listener lost its connection (%s); reconnecting", error)
+                now = time.monotonic()
+                if self.listening.is_set():  # it was connected: this is a new failure
+                    failing_since = None
+                cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                # A database outage is logged by the requests it fails; a listener that stays away
+                # while they succeed (a wrong LISTEN_DATABASE_URL) is worth a warning of its own.
+                if failing_since is None:
+                    failing_since = now
+                    logger.info("The notification listener is away (%s); waiters re-check meanwhile", cause)
+                elif now - failing_since >= WARN_AFTER_SECONDS and now - warned_at >= WARN_AFTER_SECONDS:
+                    warned_at = now
+                    logger.warning(
+                        "The notification listener has not reached the database for %d s (%s): waiting claims"
+                        " and feed reads notice changes only every WAIT_RECHECK_SECONDS",
+                        now - failing_since,
+                        cause,
+                    )
             finally:
                 self.listening.clear()
             self._stop.wait(RECONNECT_SECONDS)

@@ -22,6 +22,7 @@ import os
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
@@ -608,6 +609,9 @@ def serving(app: Any) -> Iterator[LiveServer]:
             if time.monotonic() > deadline or not thread.is_alive():
                 raise RuntimeError("the live server did not start")
             time.sleep(0.01)
+        # FastAPI builds an app's routes on its first request, mutating dependency metadata that
+        # apps share: two apps of one process building at once can trip over each other. Build now.
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).close()
         yield LiveServer(url=f"http://127.0.0.1:{port}", app=app)
     finally:
         server.should_exit = True

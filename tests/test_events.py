@@ -394,6 +394,8 @@ def test_a_removed_members_open_stream_stops_delivering_the_projects_events(
 
 def test_the_stream_ends_when_its_token_expires(live_server: LiveServer, make_token: TokenFactory) -> None:
     token = make_token("bob", exp=int(time.time()) + 2)
+    with httpx.Client(base_url=live_server.url, timeout=10) as http:
+        http.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})  # bob's worker row: no event later
     lines = stream_lines(live_server, {"Authorization": f"Bearer {token}"})
     assert next(lines).startswith("retry:")
     assert [line for line in lines if line.startswith("id:")] == []  # ended, not cut by a timeout
