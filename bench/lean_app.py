@@ -93,6 +93,8 @@ TASK_COLUMNS = (
     "updated_at",
     "version",
     "lease_expires_at",
+    "labels",
+    "result",
 )
 VERSION_INDEX = TASK_COLUMNS.index("version")
 PROJECT_INDEX = TASK_COLUMNS.index("project_slug")
