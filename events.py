@@ -204,7 +204,12 @@ class EventReader:
         Between reads the stream holds no connection and no thread: it waits to be woken by a commit.
         """
         loop = asyncio.get_running_loop()
-        yield f"retry: {RECONNECT_MS}\n\n"
+        assert self.position is not None, "start() first: a bad cursor is a 400, not a broken stream"
+        # The cursor goes out with every move, also when no event the caller may see went with it
+        # (a block with an `id:` and no data moves a client's Last-Event-ID without an event): a
+        # stream that started "now" and was cut before its first event resumes where it was.
+        told = self.position[1]
+        yield f"retry: {RECONNECT_MS}\nid: {told}\n\n"
         sent = loop.time()
         first = True
         soon = SOON_SECONDS
@@ -220,6 +225,9 @@ class EventReader:
                     data = to_json(event).decode()
                     yield f"id: {event['id']}\nevent: {event['type']}\ndata: {data}\n\n"
                     sent = loop.time()
+                if page["next_after"] != (page["events"][-1]["id"] if page["events"] else told):
+                    yield f"id: {page['next_after']}\n\n"
+                told = page["next_after"]
                 if len(page["events"]) == self.query.limit:
                     continue  # more is waiting already
                 quiet = loop.time() - sent

@@ -555,7 +555,9 @@ class TaskFlowClient:
                     for sse in EventSource(response).iter_sse():
                         if sse.retry is not None:
                             delay = sse.retry / 1000
-                        if not sse.data:  # a `retry:` alone: nothing to dispatch
+                        if not sse.data:  # `retry:` or `id:` alone: no event, but the cursor may move on
+                            if sse.id.isdigit():
+                                after = int(sse.id)
                             continue
                         event = _event_of(response, sse.data)
                         after = int(sse.id) if sse.id.isdigit() else event["id"]

@@ -160,7 +160,8 @@ class Wakeups:
                             return left
                         return await attempt(final)
                 except NothingYet as nothing:
-                    pause, soon = self.pause(nothing.soon, soon, remaining)
+                    # The attempt itself took time (a turn, a thread): wait only for what is left.
+                    pause, soon = self.pause(nothing.soon, soon, deadline - loop.time())
                 first = False
                 await waiter.wait(pause)
 
@@ -233,7 +234,18 @@ class Wakeups:
 
     def _listen(self) -> None:
         assert self.listen_url is not None
-        engine = create_engine(self.listen_url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+        # TCP keepalives: a peer that vanished without a word is noticed within a minute, not hours.
+        engine = create_engine(
+            self.listen_url,
+            poolclass=NullPool,
+            connect_args={
+                "connect_timeout": 5,
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+            },
+        )
         failing_since: float | None = None
         warned_at = -math.inf
         while not self._stop.is_set():
@@ -280,7 +292,7 @@ class Wakeups:
                 if not readable:  # a dead peer sends nothing: ask, so that it fails
                     with raw.cursor() as cursor:
                         cursor.execute("SELECT 1")
-                    continue
+                # Notifications may have come with the ping's answer too.
                 raw.poll()
                 topics = frozenset(Topic(notice.channel) for notice in raw.notifies)
                 raw.notifies.clear()

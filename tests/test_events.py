@@ -16,7 +16,7 @@ import pytest
 from conftest import AuthHeaders, LiveServer, TokenFactory
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
-from support import ON_POSTGRESQL, CreateProject, CreateTask, assert_error
+from support import ON_POSTGRESQL, CreateProject, CreateTask, assert_error, feed_settled
 
 import events
 from models import AuditAction
@@ -398,7 +398,26 @@ def test_the_stream_ends_when_its_token_expires(live_server: LiveServer, make_to
         http.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})  # bob's worker row: no event later
     lines = stream_lines(live_server, {"Authorization": f"Bearer {token}"})
     assert next(lines).startswith("retry:")
-    assert [line for line in lines if line.startswith("id:")] == []  # ended, not cut by a timeout
+    assert [line for line in lines if line.startswith("data:")] == []  # ended, not cut by a timeout
     with httpx.Client(base_url=live_server.url, timeout=10) as http:
         again = http.get("/api/events/stream", headers={"Authorization": f"Bearer {token}"})
     assert_error(again, 401, "unauthorized")
+
+
+@pytest.mark.usefixtures("board")
+def test_a_stream_cut_before_its_first_event_resumes_from_the_cursor_it_was_sent(
+    live_server: LiveServer, auth: AuthHeaders, create_task: CreateTask, db: Engine
+) -> None:
+    feed_settled(db)
+    lines = stream_lines(live_server, auth("bob"))  # from now
+    assert next(lines).startswith("retry:")
+    cursor = next(lines)  # an `id:` without data: a Last-Event-ID, no event
+    assert cursor.startswith("id: ")
+    assert next(lines) == ""
+    lines.close()
+
+    task = create_task("while cut off", project_slug="demo")
+    resumed = stream_lines(live_server, {**auth("bob"), "Last-Event-ID": cursor.removeprefix("id: ")})
+    (event,) = read_events(resumed, 1)
+    assert (event["type"], event["task_id"]) == ("task.created", task["id"])
+    resumed.close()

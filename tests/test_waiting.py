@@ -353,9 +353,12 @@ def test_followers_of_the_feed_and_of_the_stream_get_every_visible_row_once_unde
             httpx.Client(base_url=servers[1].url, timeout=30) as http,
             http.stream("GET", "/api/events/stream", params={"after": start}, headers=bob) as response,
         ):
+            last_id = None
             for line in response.iter_lines():
                 if line.startswith("id: "):
-                    streamed.append(int(line.removeprefix("id: ")))
+                    last_id = int(line.removeprefix("id: "))
+                elif line.startswith("data: ") and last_id is not None:  # an event, not a cursor alone
+                    streamed.append(last_id)
                 if done.is_set():
                     return
 
