@@ -28,6 +28,7 @@ import handlers
 import services
 import swagger_ui
 import telemetry
+from access import Actor
 from auth import JWKSVerifier
 from config import VERSION, Settings, load_settings
 from database import Timeouts, check_connection, create_db_engine, migrate, normalize_database_url, outage
@@ -43,6 +44,7 @@ from dependencies import (
     Offset,
     OtherTaskId,
     ProjectSlug,
+    RequestSession,
     SessionDep,
     StartLease,
     TaskFlowRoute,
@@ -267,13 +269,7 @@ async def claim_task(request: Request, session: SessionDep, user: CurrentUser, c
         read = as_read(task, utc_now())
         return Response(to_json(read), media_type="application/json", headers={"ETag": etag(read["version"])})
 
-    return await wakeups_of(request).wait_for(
-        Topic.work,
-        claim.wait_seconds,
-        lambda final: in_transaction(session, user, lambda: attempt(final)),
-        request.is_disconnected,
-        Response(status_code=status.HTTP_204_NO_CONTENT),
-    )
+    return await until_answered(request, session, user, Topic.work, claim.wait_seconds, attempt)
 
 
 @api.get("/tasks/{task_id}", response_model=TaskRead, tags=["tasks"])
@@ -669,13 +665,7 @@ async def list_events(
             raise NothingYet(soon=feed.held_back)
         return Response(to_json(page), media_type="application/json")
 
-    return await wakeups_of(request).wait_for(
-        Topic.events,
-        query.wait_seconds,
-        lambda final: in_transaction(session, user, lambda: attempt(final)),
-        request.is_disconnected,
-        Response(status_code=status.HTTP_204_NO_CONTENT),
-    )
+    return await until_answered(request, session, user, Topic.events, query.wait_seconds, attempt)
 
 
 @api.get(
@@ -726,6 +716,25 @@ def listen_url(settings: Settings) -> str | None:
 def wakeups_of(request: Request) -> Wakeups:
     wakeups: Wakeups = request.app.state.wakeups
     return wakeups
+
+
+async def until_answered(
+    request: Request,
+    session: RequestSession,
+    user: Actor,
+    topic: Topic,
+    seconds: int,
+    attempt: Callable[[bool], Response],
+) -> Response:
+    """`attempt(final)` in one transaction at a time until it answers, waiting for `topic` in
+    between, for up to `seconds` (`Wakeups.wait_for`); a client that left gets a 204 no one reads."""
+    return await wakeups_of(request).wait_for(
+        topic,
+        seconds,
+        lambda final: in_transaction(session, user, lambda: attempt(final)),
+        request.is_disconnected,
+        Response(status_code=status.HTTP_204_NO_CONTENT),
+    )
 
 
 def build_verifier(settings: Settings) -> JWKSVerifier:

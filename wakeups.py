@@ -144,6 +144,8 @@ class Wakeups:
         take turns, at most `concurrent_checks` at once, so that a commit that wakes hundreds of
         waiters does not fill the request queue and turn other requests away.
         """
+        if seconds <= 0:  # no wait asked for: one attempt, without registering as a waiter
+            return await attempt(True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         first = True
