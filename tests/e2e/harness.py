@@ -77,12 +77,16 @@ class BetterAuthUser:
 class BetterAuthServer:
     """`node server.mjs` from better_auth/, started and stopped by its process id.
 
-    Requests carry no Origin header: Better Auth refuses a foreign one (403 INVALID_ORIGIN).
+    Requests carry no Origin header: Better Auth refuses a foreign one (403 INVALID_ORIGIN). A
+    POST that a session cookie authenticates needs one, the server's own (e2e/oauth.py's consent).
+    With `mcp_resource` (MCP_RESOURCE) the server is also the OAuth 2.1 authorization server
+    issuing access tokens for that resource; e2e/oauth.py scripts its flows.
     """
 
     node: Path
     algorithm: str
     log_path: Path
+    mcp_resource: str | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
@@ -95,6 +99,9 @@ class BetterAuthServer:
     def start(self) -> None:
         assert self.process is None, "already running"
         env = {**os.environ, "PORT": str(self.port), "JWT_ALG": self.algorithm, "ADMIN_EMAIL": ADMIN_EMAIL}
+        env.pop("MCP_RESOURCE", None)
+        if self.mcp_resource is not None:
+            env["MCP_RESOURCE"] = self.mcp_resource
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [str(self.node), "server.mjs"],
