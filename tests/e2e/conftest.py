@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
+from support import free_port
 
 from config import Settings
 from e2e.harness import (
@@ -112,6 +113,30 @@ def better_auth_servers(start_better_auth: BetterAuthFactory) -> BetterAuthFacto
 def better_auth(better_auth_servers: BetterAuthFactory) -> BetterAuthServer:
     """The shared Better Auth server with its default algorithm, EdDSA."""
     return better_auth_servers("EdDSA")
+
+
+@pytest.fixture(scope="package")
+def mcp_public_url() -> str:
+    """The PUBLIC_URL for TaskFlow in the OAuth tests: a free loopback port chosen up front.
+
+    The authorization server has to know the MCP resource, `{PUBLIC_URL}/mcp`, when it starts,
+    before any TaskFlow serves it.
+    """
+    return f"http://{LOOPBACK}:{free_port()}"
+
+
+@pytest.fixture(scope="package")
+def oauth_server(
+    better_auth_installed: Path, tmp_path_factory: pytest.TempPathFactory, mcp_public_url: str
+) -> Iterator[BetterAuthServer]:
+    """A Better Auth server that is also the OAuth 2.1 authorization server for `{mcp_public_url}/mcp` (EdDSA keys)."""
+    log = tmp_path_factory.mktemp("better-auth-oauth") / "oauth-EdDSA.log"
+    server = BetterAuthServer(better_auth_installed, "EdDSA", log, mcp_resource=f"{mcp_public_url}/mcp")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
