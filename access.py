@@ -30,6 +30,10 @@ class Actor:
     role: str = "user"
     # How the caller's token names them: the name of their worker row when first seen.
     name: str | None = field(default=None, compare=False)
+    # How the call came, for the audit log: "api" (REST), "mcp" (the /mcp endpoint), or None for
+    # TaskFlow itself; and the OAuth client that made it, when its token names one.
+    via: str | None = field(default="api", compare=False)
+    client_id: str | None = field(default=None, compare=False)
 
     @property
     def is_admin(self) -> bool:
@@ -37,14 +41,14 @@ class Actor:
 
 
 # Who acts when TaskFlow itself changes a task, e.g. when a lease runs out.
-SYSTEM = Actor(id=SYSTEM_ID, role="system")
+SYSTEM = Actor(id=SYSTEM_ID, role="system", via=None)
 
 
-def actor_for(principal: Principal) -> Actor:
+def actor_for(principal: Principal, via: str = "api") -> Actor:
     if principal.id == SYSTEM.id:
         raise Unauthorized(f"'{SYSTEM.id}' is reserved for TaskFlow itself")
     name = (principal.name or principal.email or principal.id)[:200]
-    return Actor(id=principal.id, role=principal.role, name=name)
+    return Actor(id=principal.id, role=principal.role, name=name, via=via, client_id=principal.client_id)
 
 
 # ---------------------------------------------------------------- who may see what

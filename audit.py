@@ -31,6 +31,12 @@ class Actor(Protocol):
     @property
     def id(self) -> str: ...
 
+    @property
+    def via(self) -> str | None: ...
+
+    @property
+    def client_id(self) -> str | None: ...
+
 
 def json_value(value: Any) -> Any:
     if isinstance(value, enum.Enum):
@@ -97,6 +103,8 @@ def _values(
         "action": action.value,
         "context": {key: json_value(value) for key, value in (context or {}).items()},
         "request_id": current_request_id.get(),
+        "via": actor.via,
+        "client_id": actor.client_id,
         "timestamp": utc_now(),
     }
 
@@ -154,7 +162,7 @@ def _record_change(change: Executable, system: bool) -> Executable:
     """`INSERT INTO audit_log … SELECT … FROM (change)`: the audit row in the change's own statement."""
     done = change.cte("change")  # type: ignore[attr-defined]
     row: dict[str, Any] = {"task_id": done.c.id}
-    for name in ("project_slug", "actor_id", "action", "context", "request_id", "timestamp"):
+    for name in ("project_slug", "actor_id", "action", "context", "request_id", "via", "client_id", "timestamp"):
         row[name] = bindparam(f"audit_{name}", type_=_AUDIT.c[name].type)
     if system:
         row |= {"actor_type": literal(WorkerType.system.value), "owner_id": null()}

@@ -13,8 +13,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import httpx
 import jwt
@@ -29,6 +29,8 @@ ALLOWED_ALGORITHMS = frozenset(
 MAX_TOKEN_LENGTH = 16_384
 # A subject becomes a worker id, so it must be one: models.WORKER_ID_PATTERN accepts the same ids.
 SUBJECT_PATTERN = re.compile(r"^[A-Za-z0-9@._:|+-]{1,128}$")
+# An OAuth client id is stored in audit rows: printable, no spaces, bounded.
+CLIENT_ID_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 LEEWAY_SECONDS = 5
 # Verified tokens remembered at once; each costs about 200 bytes.
 TOKEN_CACHE_SIZE = 10_000
@@ -43,11 +45,24 @@ class KeySetUnavailable(Exception):
 
 
 @dataclass(frozen=True)
+class Resource:
+    """A second audience the verifier accepts tokens for: an OAuth resource (the MCP endpoint) and its issuer."""
+
+    audience: str
+    issuer: str
+
+
+@dataclass(frozen=True)
 class Principal:
     id: str
     email: str | None = None
     name: str | None = None
     role: str = "user"
+    # "api": a token for the REST API, carrying its subject's whole authority. "mcp": an OAuth
+    # access token issued for the MCP resource, to `client_id`, limited to `scopes`.
+    audience: Literal["api", "mcp"] = "api"
+    client_id: str | None = None
+    scopes: frozenset[str] = frozenset()
 
     @property
     def is_admin(self) -> bool:
@@ -91,6 +106,7 @@ class JWKSVerifier:
         *,
         issuer: str,
         audience: str,
+        resource: Resource | None = None,
         cache_ttl: float = 3600,
         refetch_interval: float = 30,
         static_keys: Mapping[str, jwt.PyJWK] | None = None,
@@ -99,6 +115,7 @@ class JWKSVerifier:
         self.jwks_url = jwks_url
         self.issuer = issuer
         self.audience = audience
+        self.resource = resource
         self.cache_ttl = cache_ttl
         self.refetch_interval = refetch_interval
         self._static_keys = dict(static_keys or {})
@@ -162,13 +179,17 @@ class JWKSVerifier:
         generation = self._key_generation
         if key.algorithm_name != algorithm:
             raise InvalidToken("Token algorithm does not match its signing key")
+        audiences, issuers = [self.audience], [self.issuer]
+        if self.resource is not None:
+            audiences.append(self.resource.audience)
+            issuers.append(self.resource.issuer)
         try:
             claims = jwt.decode(
                 token,
                 key.key,
                 algorithms=[algorithm],
-                audience=self.audience,
-                issuer=self.issuer,
+                audience=audiences,
+                issuer=issuers,
                 leeway=LEEWAY_SECONDS,
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
@@ -187,7 +208,22 @@ class JWKSVerifier:
         expires_at = claims["exp"]
         if not isinstance(expires_at, int | float):
             raise InvalidToken("Token has an invalid 'exp' claim")
-        return _principal(claims), float(expires_at), generation
+        return self._principal(claims), float(expires_at), generation
+
+    def _principal(self, claims: dict[str, Any]) -> Principal:
+        """The principal of verified claims, for the audience whose issuer signed them.
+
+        PyJWT accepted any listed audience and any listed issuer: the pair must belong together,
+        or an API token could pass for a resource token (or the reverse) by mixing the two.
+        """
+        audience = claims["aud"]
+        audiences = {audience} if isinstance(audience, str) else set(audience)
+        resource = self.resource
+        if resource is not None and resource.audience in audiences and claims["iss"] == resource.issuer:
+            return _principal(claims, "mcp")
+        if self.audience in audiences and claims["iss"] == self.issuer:
+            return _principal(claims, "api")
+        raise InvalidToken("Token is not for this audience")
 
     def _key_for(self, kid: object) -> jwt.PyJWK:
         if kid is not None and not isinstance(kid, str):
@@ -264,17 +300,34 @@ class JWKSVerifier:
         return True
 
 
-def _principal(claims: dict[str, Any]) -> Principal:
+def _principal(claims: dict[str, Any], audience: Literal["api", "mcp"]) -> Principal:
     subject = claims["sub"]
     if not isinstance(subject, str) or not SUBJECT_PATTERN.match(subject):
         raise InvalidToken("Token has an invalid 'sub' claim")
     role = claims.get("role")
-    return Principal(
+    principal = Principal(
         id=subject,
         email=_text(claims.get("email")),
         name=_text(claims.get("name")),
         role=role if isinstance(role, str) and role else "user",
     )
+    if audience == "api":
+        return principal
+    # RFC 9068 names the client `client_id`; OpenID Connect's `azp` says the same.
+    client_id = claims.get("client_id", claims.get("azp"))
+    if not isinstance(client_id, str) or not CLIENT_ID_PATTERN.match(client_id):
+        raise InvalidToken("Token has no valid 'client_id' claim")
+    return replace(principal, audience="mcp", client_id=client_id, scopes=_scopes(claims))
+
+
+def _scopes(claims: dict[str, Any]) -> frozenset[str]:
+    """RFC 9068's space-separated `scope`, or the list some servers send as `scope` or `scp`."""
+    granted = claims.get("scope", claims.get("scp"))
+    if isinstance(granted, str):
+        return frozenset(granted.split())
+    if isinstance(granted, list) and all(isinstance(scope, str) for scope in granted):
+        return frozenset(granted)
+    return frozenset()
 
 
 def _text(value: object) -> str | None:

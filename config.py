@@ -12,6 +12,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 VERSION = "0.1.0"
+# Host headers /mcp always answers to: a DNS-rebinding attack arrives with the attacker's name.
+LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost")
 
 
 def _rate_limit(value: str) -> str:
@@ -68,6 +70,19 @@ class Settings(BaseSettings):
     jwt_issuer: str = ""
     jwt_audience: str = ""
     jwks_cache_ttl: int = Field(default=3600, ge=0)
+
+    # Where clients reach this API (scheme, host, port, and a path prefix if a proxy adds one):
+    # the MCP endpoint's resource URL, which OAuth tokens for it must name as `aud`, is {PUBLIC_URL}/mcp.
+    public_url: str = "http://127.0.0.1:8000"
+    # The OAuth issuer of tokens for /mcp: Better Auth's, with its base path. Empty: {AUTH_SERVER_URL}/api/auth.
+    mcp_issuer: str = ""
+    # Also accept the REST API's own tokens (Better Auth's jwt plugin) at /mcp, with all their authority.
+    mcp_accept_api_tokens: bool = True
+    # Host headers /mcp answers to, against DNS rebinding ("host:*" allows any port). Empty: PUBLIC_URL's
+    # host, and the loopback names.
+    mcp_allowed_hosts: Annotated[list[str], NoDecode] = []
+    # Origins a browser-based MCP client may call /mcp from. Empty: ALLOWED_ORIGINS and PUBLIC_URL's origin.
+    mcp_allowed_origins: Annotated[list[str], NoDecode] = []
 
     # Seconds a claim lasts without a heartbeat; unset means claims never expire.
     lease_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
@@ -148,14 +163,19 @@ class Settings(BaseSettings):
     def _jwks_url(cls, value: str) -> str:
         return value and _http_url(value, "JWKS_URL")
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("public_url", "mcp_issuer")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        return value and _http_url(value, "PUBLIC_URL and MCP_ISSUER")
+
+    @field_validator("allowed_origins", "mcp_allowed_hosts", "mcp_allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("allowed_origins")
+    @field_validator("allowed_origins", "mcp_allowed_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
         for origin in value:
@@ -171,7 +191,18 @@ class Settings(BaseSettings):
         self.jwks_url = self.jwks_url or f"{self.auth_server_url}/api/auth/jwks"
         self.jwt_issuer = self.jwt_issuer or self.auth_server_url
         self.jwt_audience = self.jwt_audience or self.auth_server_url
+        self.mcp_issuer = self.mcp_issuer or f"{self.auth_server_url}/api/auth"
+        public = urlsplit(self.public_url)
+        if not self.mcp_allowed_hosts:
+            self.mcp_allowed_hosts = [public.netloc, *LOOPBACK_HOSTS]
+        if not self.mcp_allowed_origins:
+            self.mcp_allowed_origins = [*self.allowed_origins, f"{public.scheme}://{public.netloc}"]
         return self
+
+    @property
+    def mcp_resource(self) -> str:
+        """The MCP endpoint's URL: the `resource` (RFC 8707) its OAuth tokens are issued for."""
+        return f"{self.public_url}/mcp"
 
 
 def load_settings() -> Settings:

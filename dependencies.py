@@ -83,6 +83,9 @@ async def get_current_user(
     principal = verifier.cached(credentials.credentials)
     if principal is None:
         principal = await run_in_threadpool(_verify, verifier, credentials.credentials)
+    if principal.audience != "api":
+        # An OAuth token issued for the MCP endpoint is good there only (RFC 8707).
+        raise Unauthorized("Token is not for this audience")
     actor = actor_for(principal)
     state = request.scope["state"]
     state["actor"] = actor  # for the request log
@@ -220,18 +223,22 @@ async def get_session(request: Request) -> RequestSession:
     each time it is named, even when its value is cached, and routes name the caller anyway.
     """
     state = request.app.state
+    refuse_when_busy(state.settings.max_queued_requests)
+    session = RequestSession(state.engine, request.method in READ_METHODS, state.known_workers, state.wakeups)
+    session.idempotency = await idempotency.read_key(request)
+    return session
+
+
+def refuse_when_busy(queue_cap: int) -> None:
+    """503 when MAX_QUEUED_REQUESTS requests already wait for a request thread."""
     waiting = current_default_thread_limiter().statistics().tasks_waiting
     telemetry.note_requests_waiting(waiting)
-    queue_cap = state.settings.max_queued_requests
     if queue_cap and waiting >= queue_cap:
         telemetry.count_unavailable("queue_full")
         raise ServiceUnavailable(
             "Too many requests are waiting to run; retry shortly",
             headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
         )
-    session = RequestSession(state.engine, request.method in READ_METHODS, state.known_workers, state.wakeups)
-    session.idempotency = await idempotency.read_key(request)
-    return session
 
 
 SessionDep = Annotated[RequestSession, Depends(get_session)]

@@ -67,6 +67,12 @@ class Forbidden(TaskFlowError):
     status_code, code = 403, "forbidden"
 
 
+class InsufficientScope(TaskFlowError):
+    """at `/mcp`: the OAuth token was not granted the scope the call needs (`WWW-Authenticate` names it)"""
+
+    status_code, code = 403, "insufficient_scope"
+
+
 class NotFound(TaskFlowError):
     """no such thing, or not yours to see"""
 

@@ -109,6 +109,8 @@ def _event(row: Any) -> dict[str, Any]:
         "actor_id": row.actor_id,
         "actor_type": row.actor_type,
         "owner_id": row.owner_id,
+        "via": row.via,
+        "client_id": row.client_id,
         "task_id": row.task_id,
         "project_slug": row.project_slug,
         "changes": context,

@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
@@ -25,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import idempotency
 import telemetry
 from audit import current_request_id
+from config import Settings
 from database import Outage, driver_detail, outage
 from errors import (
     BUSY_RETRY_AFTER_SECONDS,
@@ -134,15 +137,30 @@ def handle_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(error, request_id=request_id)
 
 
+# Most specific first, as Starlette looks them up (by the exception's class hierarchy).
+HANDLERS: list[tuple[type[Exception], Callable[[Request, Exception], Awaitable[Response]]]] = [
+    (TaskFlowError, handle_taskflow_error),
+    (RequestValidationError, handle_validation_error),
+    (HTTPException, handle_http_error),
+    (idempotency.Replay, idempotency.handle_replay),
+    (DataError, handle_data_error),
+    (IntegrityError, handle_integrity_error),
+    (SQLAlchemyError, handle_database_error),
+]
+
+
 def install(app: FastAPI) -> None:
     """Answer every failure in the envelope."""
-    app.add_exception_handler(TaskFlowError, handle_taskflow_error)
-    app.add_exception_handler(RequestValidationError, handle_validation_error)
-    app.add_exception_handler(HTTPException, handle_http_error)
-    app.add_exception_handler(idempotency.Replay, idempotency.handle_replay)
-    app.add_exception_handler(DataError, handle_data_error)
-    app.add_exception_handler(IntegrityError, handle_integrity_error)
-    app.add_exception_handler(SQLAlchemyError, handle_database_error)
+    for kind, handler in HANDLERS:
+        app.add_exception_handler(kind, handler)
+
+
+async def answer_for(request: Request, exc: Exception) -> Response:
+    """The response a route raising `exc` gets: for failures caught outside a route (an MCP tool call)."""
+    for kind, handler in HANDLERS:
+        if isinstance(exc, kind):
+            return await handler(request, exc)
+    return handle_unexpected_error(request, exc)
 
 
 # ---------------------------------------------------------------- request ids
@@ -278,3 +296,58 @@ class SizeLimitMiddleware(_HTTPMiddleware):
 async def _refuse(error: TaskFlowError, scope: Scope, receive: Receive, send: Send) -> None:
     error.headers = {**(error.headers or {}), "Connection": "close"}
     await error_response(error)(scope, receive, send)
+
+
+# ---------------------------------------------------------------- CORS
+
+API_CORS: dict[str, Any] = {
+    "allow_credentials": True,
+    "allow_methods": ["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+    "allow_headers": ["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key", "If-Match", "Last-Event-ID"],
+    "expose_headers": [
+        "X-Total-Count",
+        "X-Total-Count-Exact",
+        "Link",
+        "X-Request-ID",
+        "ETag",
+        "Idempotent-Replayed",
+        "Retry-After",
+        "RateLimit",
+        "RateLimit-Policy",
+    ],
+    "max_age": 600,
+}
+# A browser-based MCP client sends its token in a header, never a cookie: no credentials.
+MCP_CORS: dict[str, Any] = {
+    "allow_credentials": False,
+    "allow_methods": ["GET", "POST", "DELETE", "OPTIONS"],
+    "allow_headers": [
+        "Authorization",
+        "Content-Type",
+        "Accept",
+        "Mcp-Protocol-Version",
+        "Mcp-Session-Id",
+        "Last-Event-ID",
+    ],
+    "expose_headers": ["WWW-Authenticate", "Mcp-Session-Id", "Mcp-Protocol-Version", "X-Request-ID", "Retry-After"],
+    "max_age": 600,
+}
+
+
+class CORSByPath(_HTTPMiddleware):
+    """CORS for the API (ALLOWED_ORIGINS, with credentials) and for /mcp (MCP_ALLOWED_ORIGINS); the
+    OAuth metadata under /.well-known/ is public, and carries its own CORS for any origin."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        super().__init__(app)
+        self.api = CORSMiddleware(app, allow_origins=settings.allowed_origins, **API_CORS)
+        self.mcp = CORSMiddleware(app, allow_origins=settings.mcp_allowed_origins, **MCP_CORS)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path.startswith("/.well-known/"):
+            await self.app(scope, receive, send)
+        elif path == "/mcp" or path.startswith("/mcp/"):
+            await self.mcp(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)

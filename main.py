@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Body, FastAPI, Header, Query, Request, Response, status
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import StreamingResponse
 from pydantic_core import to_json
 from sqlalchemy import make_url
@@ -25,11 +24,12 @@ from sqlalchemy import make_url
 import comments
 import devtoken
 import handlers
+import remote_mcp
 import services
 import swagger_ui
 import telemetry
 from access import Actor
-from auth import JWKSVerifier
+from auth import JWKSVerifier, Resource
 from config import VERSION, Settings, load_settings
 from database import Timeouts, check_connection, create_db_engine, migrate, normalize_database_url, outage
 from dependencies import (
@@ -750,6 +750,8 @@ def build_verifier(settings: Settings) -> JWKSVerifier:
         settings.jwks_url,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
+        # OAuth access tokens for /mcp, from the same Better Auth, signed with the same keys.
+        resource=Resource(audience=settings.mcp_resource, issuer=settings.mcp_issuer),
         cache_ttl=settings.jwks_cache_ttl,
         static_keys=static_keys,
     )
@@ -817,6 +819,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             concurrent_checks=max(1, settings.db_pool_size // 2),
         )
         sweeper = LeaseSweeper(engine, settings.lease_sweep_seconds, swept=wakeups.committed)
+        # Made anew for each run of the app: the SDK's session manager runs once.
+        mcp_server = remote_mcp.create_server()
+        app.state.mcp = remote_mcp.transport(mcp_server, settings)
         # As many request threads as pooled connections: a thread never waits for one, and
         # requests beyond that wait on the event loop, holding nothing but their socket.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
@@ -842,7 +847,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # young generation of 700 (the default) ran the collector every few requests and cost
             # GET one a fifth of its throughput in the benchmark. Cycles still get collected.
             gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-            yield
+            async with mcp_server.session_manager.run():
+                yield
         finally:
             app.state.draining = True
             wakeups.drain()
@@ -871,30 +877,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = None  # made by the lifespan, on the loop that serves
     app.include_router(api)  # the API first: a request is matched against the routes in order
     app.include_router(public)
+    app.router.routes.extend(remote_mcp.routes(settings))
     swagger_ui.install_docs(app)
     handlers.install(app)
     # Innermost first: each add_middleware wraps what was added before it.
     app.add_middleware(handlers.SizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(handlers.UnexpectedErrorMiddleware)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.allowed_origins,
-        allow_credentials=True,
-        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key", "If-Match", "Last-Event-ID"],
-        expose_headers=[
-            "X-Total-Count",
-            "X-Total-Count-Exact",
-            "Link",
-            "X-Request-ID",
-            "ETag",
-            "Idempotent-Replayed",
-            "Retry-After",
-            "RateLimit",
-            "RateLimit-Policy",
-        ],
-        max_age=600,
-    )
+    app.add_middleware(handlers.CORSByPath, settings=settings)
     telemetry.install(app, settings)
     app.add_middleware(handlers.RequestIdMiddleware)
     return app

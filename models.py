@@ -648,6 +648,10 @@ class AuditLog(SQLModel, table=True):
     action: str = Field(max_length=64, index=True)
     context: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON().with_variant(JSONB(), "postgresql"))
     request_id: str | None = Field(default=None, max_length=128)
+    # How the change came: "api" (REST), "mcp" (the /mcp endpoint), or null for TaskFlow's own;
+    # and the OAuth client the caller acted through, when their token named one.
+    via: str | None = Field(default=None, max_length=8)
+    client_id: str | None = Field(default=None, max_length=255)
     timestamp: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime, index=True)
     # The row's place in the event feed, set by the database (see the 0006 migration): no default
     # here, so no INSERT ever names it.
@@ -664,6 +668,8 @@ class AuditRead(SQLModel):
     action: str
     context: dict[str, Any]
     request_id: str | None
+    via: str | None = PydanticField(description="How the change came: api (REST), mcp, or null for TaskFlow's own")
+    client_id: str | None = PydanticField(description="The OAuth client the actor acted through, if any")
     timestamp: datetime
 
 
@@ -724,6 +730,8 @@ class Event(SQLModel):
     actor_id: str
     actor_type: WorkerType
     owner_id: str | None
+    via: str | None = PydanticField(description="How the change came: api (REST), mcp, or null for TaskFlow's own")
+    client_id: str | None = PydanticField(description="The OAuth client the actor acted through, if any")
     task_id: int | None
     project_slug: str | None
     changes: dict[str, Any]

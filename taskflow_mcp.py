@@ -17,8 +17,8 @@ import importlib.metadata
 import inspect
 import os
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, Protocol, TypeVar
 
 from mcp.server import MCPServer
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
@@ -31,7 +31,6 @@ from taskflow_client import (
     ClientError,
     ConfigurationError,
     EventType,
-    Reply,
     TaskFlowClient,
     TaskPriority,
     TaskSort,
@@ -96,6 +95,120 @@ Task = dict[str, Any]
 R = TypeVar("R")
 
 
+class Answer(Protocol):
+    """A call's result: `Reply` over HTTP, or what the API computed in-process."""
+
+    @property
+    def data(self) -> Any: ...
+
+
+class Listing(Protocol):
+    """A page of a list and the number of all matches: `Page` over HTTP."""
+
+    @property
+    def items(self) -> list[Any]: ...
+
+    @property
+    def total(self) -> int: ...
+
+
+class Board(Protocol):
+    """What the tools call: `TaskFlowClient` here (HTTP, one token), or the API itself (`remote_mcp.Board`,
+    in-process, as each caller). Both give the same data, so a tool's result does not depend on where it runs."""
+
+    def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        priority: TaskPriority | None = None,
+        assigned_to: str | None = None,
+        project: str | None = None,
+        parent_id: int | None = None,
+        search: str | None = None,
+        ready: bool = False,
+        label: Iterable[str] | None = None,
+        sort: TaskSort | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> Listing: ...
+
+    def get_task(self, task_id: int) -> Answer: ...
+
+    def task_history(self, task_id: int, *, limit: int | None = None, offset: int | None = None) -> Listing: ...
+
+    def create_task(
+        self,
+        title: str,
+        *,
+        description: str | None = None,
+        priority: TaskPriority | None = None,
+        project: str | None = None,
+        assigned_to: str | None = None,
+        parent_id: int | None = None,
+        due_date: str | None = None,
+        labels: Iterable[str] | None = None,
+    ) -> Answer: ...
+
+    def update_task(
+        self,
+        task_id: int,
+        *,
+        title: str | None = None,
+        description: str | None = None,
+        priority: TaskPriority | None = None,
+        status: TaskStatus | None = None,
+        assigned_to: str | None = None,
+        project: str | None = None,
+        parent_id: int | None = None,
+        due_date: str | None = None,
+        labels: Iterable[str] | None = None,
+        clear: Iterable[ClearableTaskField] = (),
+        if_version: int | None = None,
+    ) -> Answer: ...
+
+    def claim_next(
+        self,
+        *,
+        project: str | None = None,
+        min_priority: TaskPriority | None = None,
+        lease_seconds: int | None = None,
+        labels: Iterable[str] | None = None,
+        wait_seconds: int | None = None,
+    ) -> Answer: ...
+
+    def start_task(self, task_id: int, *, lease_seconds: int | None = None) -> Answer: ...
+
+    def heartbeat(self, task_id: int, *, lease_seconds: int | None = None) -> Answer: ...
+
+    def update_progress(self, task_id: int, percent: int, note: str | None = None) -> Answer: ...
+
+    def submit_for_review(self, task_id: int) -> Answer: ...
+
+    def complete_task(
+        self, task_id: int, *, summary: str | None = None, artifacts: Iterable[taskflow_client.Artifact] | None = None
+    ) -> Answer: ...
+
+    def block_task(self, task_id: int, reason: str) -> Answer: ...
+
+    def release_task(self, task_id: int) -> Answer: ...
+
+    def list_comments(self, task_id: int, *, limit: int | None = None, offset: int | None = None) -> Listing: ...
+
+    def add_comment(self, task_id: int, body: str) -> Answer: ...
+
+    def events(
+        self,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+        project: str | None = None,
+        task_id: int | None = None,
+        type: Iterable[EventType] | None = None,
+        mentioning: str | None = None,
+        wait_seconds: int | None = None,
+    ) -> Answer: ...
+
+
 class Artifact(BaseModel):
     """Something the task delivered."""
 
@@ -105,7 +218,7 @@ class Artifact(BaseModel):
     url: Annotated[str, Field(description="Where it is: an http(s) URL.")]
 
 
-def task(reply: Reply) -> Task:
+def task(reply: Answer) -> Task:
     data: Task = reply.data
     return data
 
@@ -114,7 +227,7 @@ def task(reply: Reply) -> Task:
 
 
 def list_tasks(
-    client: TaskFlowClient,
+    client: Board,
     status: Annotated[TaskStatus | None, Field(description="Only tasks with this status.")] = None,
     priority: Annotated[TaskPriority | None, Field(description="Only tasks with this priority.")] = None,
     assigned_to: Annotated[str | None, Field(description="Only tasks assigned to this worker id.")] = None,
@@ -159,7 +272,7 @@ def list_tasks(
     return {"tasks": page.items, "total": page.total}
 
 
-def get_task(client: TaskFlowClient, task_id: TaskId) -> Task:
+def get_task(client: Board, task_id: TaskId) -> Task:
     """Get one task by id: its title, description, status, priority, progress, assignee, due date,
     labels, lease expiry, version, and for a completed task its result (summary and artifacts). Use it before acting on a task whose state you are unsure of.
     """
@@ -167,7 +280,7 @@ def get_task(client: TaskFlowClient, task_id: TaskId) -> Task:
 
 
 def get_task_history(
-    client: TaskFlowClient,
+    client: Board,
     task_id: TaskId,
     limit: Annotated[int, Field(ge=1, le=100, description="At most this many entries.")] = 50,
     offset: Annotated[int, Field(ge=0, description="Skip this many, to page through.")] = 0,
@@ -184,7 +297,7 @@ def get_task_history(
 
 
 def create_task(
-    client: TaskFlowClient,
+    client: Board,
     title: Annotated[str, Field(min_length=1, max_length=200, description="A short imperative summary.")],
     description: Annotated[str | None, Field(description="Details: what done looks like, links, context.")] = None,
     priority: Annotated[TaskPriority, Field(description="How urgent it is.")] = "medium",
@@ -214,7 +327,7 @@ def create_task(
 
 
 def update_task(
-    client: TaskFlowClient,
+    client: Board,
     task_id: TaskId,
     title: Annotated[str | None, Field(min_length=1, max_length=200, description="A new title.")] = None,
     description: Annotated[str | None, Field(description="A new description.")] = None,
@@ -272,7 +385,7 @@ def update_task(
 
 
 def claim_next_task(
-    client: TaskFlowClient,
+    client: Board,
     project: ProjectSlug = None,
     min_priority: Annotated[
         TaskPriority | None, Field(description="Only consider tasks of at least this priority.")
@@ -319,7 +432,7 @@ def claim_next_task(
     return {"claimed": True, "task": claimed}
 
 
-def claim_task(client: TaskFlowClient, task_id: TaskId, lease_seconds: LeaseSeconds = None) -> Task:
+def claim_task(client: Board, task_id: TaskId, lease_seconds: LeaseSeconds = None) -> Task:
     """Claim and start one specific pending task (unassigned, or assigned to you): it becomes
     in_progress and yours. Use it when told to work on a given task; otherwise prefer claim_next_task.
     Fails if someone else holds it, or (unfinished_dependencies) if it waits for other tasks.
@@ -327,7 +440,7 @@ def claim_task(client: TaskFlowClient, task_id: TaskId, lease_seconds: LeaseSeco
     return task(client.start_task(task_id, lease_seconds=lease_seconds))
 
 
-def heartbeat(client: TaskFlowClient, task_id: TaskId, lease_seconds: LeaseSeconds = None) -> Task:
+def heartbeat(client: Board, task_id: TaskId, lease_seconds: LeaseSeconds = None) -> Task:
     """Renew your lease on a task you hold, to show you are still working on it. Call it well before
     lease_expires_at when a step takes long and you have no progress to report. If it fails with
     lease_lost, the claim expired: stop working on that task.
@@ -336,7 +449,7 @@ def heartbeat(client: TaskFlowClient, task_id: TaskId, lease_seconds: LeaseSecon
 
 
 def update_progress(
-    client: TaskFlowClient,
+    client: Board,
     task_id: TaskId,
     percent: Annotated[int, Field(ge=0, le=100, description="How far along the task is, 0 to 100.")],
     note: Annotated[
@@ -349,7 +462,7 @@ def update_progress(
     return task(client.update_progress(task_id, percent, note))
 
 
-def submit_for_review(client: TaskFlowClient, task_id: TaskId) -> Task:
+def submit_for_review(client: Board, task_id: TaskId) -> Task:
     """Hand a task you hold (in_progress) over for review by a human: status becomes review. Use it
     when the work is done but should be checked before it counts as completed.
     """
@@ -357,7 +470,7 @@ def submit_for_review(client: TaskFlowClient, task_id: TaskId) -> Task:
 
 
 def complete_task(
-    client: TaskFlowClient,
+    client: Board,
     task_id: TaskId,
     summary: Annotated[
         str | None,
@@ -386,7 +499,7 @@ def complete_task(
 
 
 def block_task(
-    client: TaskFlowClient,
+    client: Board,
     task_id: TaskId,
     reason: Annotated[
         str,
@@ -399,7 +512,7 @@ def block_task(
     return task(client.block_task(task_id, reason))
 
 
-def release_task(client: TaskFlowClient, task_id: TaskId) -> Task:
+def release_task(client: Board, task_id: TaskId) -> Task:
     """Give a task you hold back: it returns to pending and unassigned, for another worker to claim.
     Use it when you cannot or should not finish it (wrong skills, out of time) and it is not blocked.
     """
@@ -410,7 +523,7 @@ def release_task(client: TaskFlowClient, task_id: TaskId) -> Task:
 
 
 def list_comments(
-    client: TaskFlowClient,
+    client: Board,
     task_id: TaskId,
     limit: Annotated[int, Field(ge=1, le=100, description="At most this many comments.")] = 50,
     offset: Annotated[int, Field(ge=0, description="Skip this many, to page through.")] = 0,
@@ -425,7 +538,7 @@ def list_comments(
 
 
 def add_comment(
-    client: TaskFlowClient,
+    client: Board,
     task_id: TaskId,
     body: Annotated[
         str,
@@ -450,7 +563,7 @@ def add_comment(
 
 
 def wait_for_events(
-    client: TaskFlowClient,
+    client: Board,
     after: Annotated[
         int | None,
         Field(
@@ -540,12 +653,12 @@ def error_result(exc: ClientError) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=body, is_error=True)
 
 
-def bind(tool: Callable[..., R], client: TaskFlowClient) -> Callable[..., R | CallToolResult]:
+def bind(tool: Callable[..., R], client: Board) -> Callable[..., R | CallToolResult]:
     """`tool` with its client given, and an API or network failure returned as an error result."""
     signature = inspect.signature(tool, eval_str=True)
     client_parameter, *parameters = signature.parameters.values()
-    if client_parameter.annotation is not TaskFlowClient:
-        raise TypeError(f"The tool {tool.__name__} must take the TaskFlowClient as its first parameter")
+    if client_parameter.annotation is not Board:
+        raise TypeError(f"The tool {tool.__name__} must take the Board as its first parameter")
 
     @functools.wraps(tool)
     def call(*args: Any, **kwargs: Any) -> R | CallToolResult:

@@ -400,7 +400,17 @@ def certificates_read_when_checked() -> Iterator[None]:
 
 # What the lifespan puts on app.state, besides what create_app itself does; an app with anything
 # else there is never shared, since no reset here would know to renew it.
-APP_STATE = {"settings", "draining", "outage_log", "rate_limiter", "engine", "verifier", "known_workers", "wakeups"}
+APP_STATE = {
+    "settings",
+    "draining",
+    "outage_log",
+    "rate_limiter",
+    "engine",
+    "verifier",
+    "known_workers",
+    "wakeups",
+    "mcp",  # stateless: it keeps nothing from one request to the next
+}
 
 
 @dataclass

@@ -97,6 +97,8 @@ def test_an_event_carries_who_did_what_where_and_the_changes(
         "actor_id",
         "actor_type",
         "owner_id",
+        "via",
+        "client_id",
         "task_id",
         "project_slug",
         "changes",
@@ -104,6 +106,7 @@ def test_an_event_carries_who_did_what_where_and_the_changes(
     }
     assert event["type"] == "task.created"
     assert (event["actor_id"], event["actor_type"], event["owner_id"]) == ("alice", "human", None)
+    assert (event["via"], event["client_id"]) == ("api", None)
     assert (event["task_id"], event["project_slug"]) == (task["id"], "demo")
     assert event["changes"]["title"] == [None, "Write it"]
     assert event["changes"]["priority"] == [None, "high"]

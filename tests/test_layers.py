@@ -27,11 +27,15 @@ SERVER_LAYERS: list[set[str]] = [
     {"comments"},
     # The HTTP edge: what routes receive, and how failures are answered.
     {"dependencies", "handlers"},
+    # /mcp: the MCP tools of `taskflow_mcp`, run in-process as each caller.
+    {"remote_mcp"},
     {"main"},
 ]
 CLIENT = "taskflow_client"
 # The clients talk to the API over HTTP; they may import the client library, nothing of the server.
 CLIENTS = {CLIENT, "taskflow_cli", "taskflow_mcp"}
+# The one way round: /mcp serves the very tools `taskflow-mcp` defines, so one tool list serves both.
+SERVES_CLIENT_TOOLS = {"remote_mcp": {"taskflow_mcp", CLIENT}}
 
 
 def _modules() -> set[str]:
@@ -66,7 +70,12 @@ def test_every_module_has_a_place() -> None:
 @pytest.mark.parametrize("module", sorted(set().union(*SERVER_LAYERS)))
 def test_a_server_module_imports_only_from_the_layers_below(module: str) -> None:
     layer = _layer_of(module)
-    against = {name for name in _imports(module) if name in CLIENTS or _layer_of(name) >= layer}
+    clients = CLIENTS - SERVES_CLIENT_TOOLS.get(module, set())
+    against = {
+        name
+        for name in _imports(module) - SERVES_CLIENT_TOOLS.get(module, set())
+        if name in clients or _layer_of(name) >= layer
+    }
     assert not against, f"{module} (layer {layer}) imports {sorted(against)}, which are not below it"
 
 
