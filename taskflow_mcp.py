@@ -4,9 +4,10 @@ Every tool is one call to the REST API through `taskflow_client`, with the agent
 (`TASKFLOW_URL`, `TASKFLOW_TOKEN`), never the database: an agent can do exactly what its token
 may do over HTTP, and the audit log names it. stdio by default; `--http` serves streamable HTTP.
 
-A tool is a plain function of the client and its arguments: its docstring is what the model
-reads, its annotated parameters (all but the client) its input schema. `TOOLS` lists them with
-their hints, and `create_server` registers each one bound to the server's client.
+A tool is a plain function of a `Board` and its arguments: its docstring is what the model
+reads, its annotated parameters (all but the board) its input schema. `TOOLS` lists them with
+their hints, and `create_server` registers each one bound to the server's client. The API serves
+the same `TOOLS` at its own `/mcp` (`remote_mcp`), each call made in-process as its caller.
 """
 
 from __future__ import annotations

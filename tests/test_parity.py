@@ -1,8 +1,10 @@
-"""Parity: one agent workflow done through REST, through the `taskflow` CLI and through the MCP
-server ends in the same task states and the same audit trail, written as the agent.
+"""Parity: one agent workflow done through REST, through the `taskflow` CLI, through the local
+`taskflow-mcp` server and through the API's own `/mcp` ends in the same task states and the same
+audit trail, written as the agent; only the remote MCP's rows say `via: mcp` and name its client.
 
 Each channel works in a project of its own, set up identically over REST; the agent is
-`@agent-x`, registered by an admin as an agent owned by alice, acting with its own token.
+`@agent-x`, registered by an admin as an agent owned by alice, acting with its own token (at
+`/mcp`, an OAuth access token issued to its MCP client for that resource).
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import httpx
 import pytest
 from conftest import AuthHeaders
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from typer.testing import CliRunner
 
+from config import Settings
 from taskflow_cli import app
 
 AGENT = "@agent-x"
 TASKFLOW_MCP = Path(sys.executable).parent / "taskflow-mcp"
-CHANNELS = ["rest", "cli", "mcp"]
+CHANNELS = ["rest", "cli", "mcp", "remote"]
+MCP_CLIENT = "parity-agent-client"
 # What the agent says on a task, mentioning its human, and what it delivers on completing another.
 COMMENT = "Rolled back to 1.4; @alice please confirm the numbers."
 RESULT: dict[str, Any] = {
@@ -58,8 +63,13 @@ def prepare(api: httpx.Client, auth: AuthHeaders, slug: str) -> dict[str, int]:
     return ids
 
 
-def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
-    live_server: Any, api: httpx.Client, auth: AuthHeaders, make_token: Callable[..., str], tmp_path: Path
+def test_rest_cli_mcp_and_remote_mcp_leave_the_same_states_and_audit_trail(
+    live_server: Any,
+    api: httpx.Client,
+    auth: AuthHeaders,
+    make_token: Callable[..., str],
+    settings: Settings,
+    tmp_path: Path,
 ) -> None:
     api.get("/api/tasks", headers=auth("alice"))
     registered = api.post(
@@ -132,6 +142,28 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
         )
         assert taskflow("claim", "--project", slug, "--wait", "1") is None
 
+    async def work_through(client: Client, slug: str, ids: dict[str, int]) -> None:
+        async def call(tool: str, **arguments: Any) -> Any:
+            result = await client.call_tool(tool, arguments)
+            assert not result.is_error, result.content
+            return result.structured_content
+
+        note = await call("create_task", title="Write a postmortem", project=slug, priority="high")
+        claimed = (await call("claim_next_task", project=slug, lease_seconds=300))["task"]
+        await call("heartbeat", task_id=claimed["id"])
+        await call("update_progress", task_id=claimed["id"], percent=50, note="rolled back")
+        await call("add_comment", task_id=claimed["id"], body=COMMENT)
+        await call("submit_for_review", task_id=claimed["id"])
+        await call("complete_task", task_id=claimed["id"])
+        wiki = ids["Tidy the wiki"]
+        await call("claim_task", task_id=wiki)
+        await call("release_task", task_id=wiki)
+        await call("block_task", task_id=wiki, reason="needs a human")
+        await call("update_task", task_id=note["id"], description="Timeline and causes")
+        assert (await call("claim_next_task", project=slug))["task"]["id"] == note["id"]
+        await call("complete_task", task_id=note["id"], **RESULT)
+        assert (await call("claim_next_task", project=slug, wait_seconds=1))["claimed"] is False
+
     def through_mcp(slug: str, ids: dict[str, int]) -> None:
         params = StdioServerParameters(
             command=str(TASKFLOW_MCP), env={"TASKFLOW_URL": live_server.url, "TASKFLOW_TOKEN": token}, cwd=str(tmp_path)
@@ -139,31 +171,33 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
 
         async def main() -> None:
             async with Client(params, read_timeout_seconds=30) as client:
-
-                async def call(tool: str, **arguments: Any) -> Any:
-                    result = await client.call_tool(tool, arguments)
-                    assert not result.is_error, result.content
-                    return result.structured_content
-
-                note = await call("create_task", title="Write a postmortem", project=slug, priority="high")
-                claimed = (await call("claim_next_task", project=slug, lease_seconds=300))["task"]
-                await call("heartbeat", task_id=claimed["id"])
-                await call("update_progress", task_id=claimed["id"], percent=50, note="rolled back")
-                await call("add_comment", task_id=claimed["id"], body=COMMENT)
-                await call("submit_for_review", task_id=claimed["id"])
-                await call("complete_task", task_id=claimed["id"])
-                wiki = ids["Tidy the wiki"]
-                await call("claim_task", task_id=wiki)
-                await call("release_task", task_id=wiki)
-                await call("block_task", task_id=wiki, reason="needs a human")
-                await call("update_task", task_id=note["id"], description="Timeline and causes")
-                assert (await call("claim_next_task", project=slug))["task"]["id"] == note["id"]
-                await call("complete_task", task_id=note["id"], **RESULT)
-                assert (await call("claim_next_task", project=slug, wait_seconds=1))["claimed"] is False
+                await work_through(client, slug, ids)
 
         anyio.run(main)
 
-    workflows: dict[str, Workflow] = {"rest": through_rest, "cli": through_cli, "mcp": through_mcp}
+    def through_remote_mcp(slug: str, ids: dict[str, int]) -> None:
+        access_token = make_token(
+            AGENT,
+            aud=settings.mcp_resource,
+            iss=settings.mcp_issuer,
+            scope="taskflow:read taskflow:write",
+            client_id=MCP_CLIENT,
+        )
+
+        async def main() -> None:
+            headers = {"Authorization": f"Bearer {access_token}"}
+            async with httpx.AsyncClient(headers=headers, timeout=30) as http:
+                async with Client(streamable_http_client(f"{live_server.url}/mcp", http_client=http)) as client:
+                    await work_through(client, slug, ids)
+
+        anyio.run(main)
+
+    workflows: dict[str, Workflow] = {
+        "rest": through_rest,
+        "cli": through_cli,
+        "mcp": through_mcp,
+        "remote": through_remote_mcp,
+    }
     outcomes = {}
     for channel in CHANNELS:
         slug = f"parity-{channel}"
@@ -172,8 +206,13 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
 
     # ------------------------------------------------------------ the same, whichever way
 
+    # How each change came: the agent's at /mcp through its OAuth client, everything else over REST.
+    ways = {channel: came_through(outcome) for channel, outcome in outcomes.items()}
+    assert ways["rest"] == ways["cli"] == ways["mcp"] == {(AGENT, "api", None), ("alice", "api", None)}
+    assert ways["remote"] == {(AGENT, "mcp", MCP_CLIENT), ("alice", "api", None)}
     assert outcomes["cli"] == outcomes["rest"]
     assert outcomes["mcp"] == outcomes["rest"]
+    assert outcomes["remote"] == outcomes["rest"]
 
     states, trails, feed = outcomes["rest"]
     assert states["Fix the outage"]["status"] == "completed"
@@ -218,9 +257,18 @@ def test_rest_cli_and_mcp_leave_the_same_states_and_audit_trail(
 
 
 VOLATILE = {"id", "project_slug", "created_at", "updated_at", "lease_expires_at", "timestamp", "request_id", "task_id"}
+# How a change came differs by channel on purpose: `came_through` compares it apart.
+CHANNEL = {"via", "client_id"}
 
 
 Outcome = tuple[dict[str, Any], dict[str, list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+def came_through(outcome: Outcome) -> set[tuple[str, str, str | None]]:
+    """Each actor with the way and the OAuth client its audit rows and events name, the channel's marks removed."""
+    _states, trails, feed = outcome
+    rows = [row for trail in trails.values() for row in trail] + feed
+    return {(row["actor_id"], row.pop("via"), row.pop("client_id")) for row in rows}
 
 
 def outcome(api: httpx.Client, auth: AuthHeaders, slug: str) -> Outcome:
