@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import httpx
+import httpx2
 import pytest
 from conftest import AuthHeaders
 from mcp import Client, StdioServerParameters
@@ -186,7 +187,7 @@ def test_rest_cli_mcp_and_remote_mcp_leave_the_same_states_and_audit_trail(
 
         async def main() -> None:
             headers = {"Authorization": f"Bearer {access_token}"}
-            async with httpx.AsyncClient(headers=headers, timeout=30) as http:
+            async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
                 async with Client(streamable_http_client(f"{live_server.url}/mcp", http_client=http)) as client:
                     await work_through(client, slug, ids)
 
