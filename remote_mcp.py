@@ -328,7 +328,8 @@ class Board:
         try:
             note = _NOTE.validate_python(reason)
         except ValidationError as error:
-            raise RequestValidationError(error.errors(include_url=False)) from None
+            errors = [{**item, "loc": ("reason", *item["loc"])} for item in error.errors(include_url=False)]
+            raise RequestValidationError(errors) from None
         return _task(services.block_task(self.session, self.actor, task_id, note, expected_version=None))
 
     def release_task(self, task_id: int) -> Answer:
