@@ -26,7 +26,7 @@ from mcp.server.auth.routes import build_resource_metadata_url, create_protected
 from mcp.server.mcpserver import Context
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import CallToolResult, ToolAnnotations
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import AnyHttpUrl, BaseModel, TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 from starlette.concurrency import run_in_threadpool
@@ -73,6 +73,8 @@ API_TOKEN_SCOPES = frozenset(SCOPES)
 # The tools that wait, when asked to, for what they look for, and what wakes them.
 WAITING = {"claim_next_task": Topic.work, "wait_for_events": Topic.events}
 STATE_KEY = "mcp_caller"
+# What a waiting call whose client hung up returns: no one reads it.
+LEFT = CallToolResult(content=[TextContent(type="text", text="The client disconnected")], is_error=True)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -373,13 +375,13 @@ def remote(tool: Callable[..., Any]) -> Callable[..., Any]:
             board.final = final
             return await in_transaction(session, caller.actor, lambda: tool(board, **arguments))
 
-        seconds = signature.bind_partial(board, **arguments)
-        seconds.apply_defaults()
-        wait = int(seconds.arguments.get("wait_seconds") or 0) if topic is not None else 0
+        given = signature.bind_partial(board, **arguments)
+        given.apply_defaults()
+        wait = int(given.arguments.get("wait_seconds") or 0) if topic is not None else 0
         try:
-            # A client that hangs up cancels this task: a wait ends with nothing claimed, and an
-            # attempt's transaction, in its thread, still commits or rolls back before that.
-            return await app.state.wakeups.wait_for(topic or Topic.work, wait, attempt, _still_here, None)
+            # Answered as JSON, the call is not cancelled when its client hangs up: a wait asks
+            # before each attempt, as the REST routes do, so nothing is claimed for no one.
+            return await app.state.wakeups.wait_for(topic or Topic.work, wait, attempt, request.is_disconnected, LEFT)
         except Exception as error:
             return await error_result(request, error)
 
@@ -389,10 +391,6 @@ def remote(tool: Callable[..., Any]) -> Callable[..., Any]:
     annotations = {name: value for name, value in tool.__annotations__.items() if name != _board.name}
     call.__annotations__ = annotations | {"ctx": Context}
     return call
-
-
-async def _still_here() -> bool:
-    return False  # a client that leaves cancels the call (see `call`): there is no one to answer
 
 
 def create_server() -> MCPServer:
