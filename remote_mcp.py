@@ -376,9 +376,9 @@ def remote(tool: Callable[..., Any]) -> Callable[..., Any]:
         seconds.apply_defaults()
         wait = int(seconds.arguments.get("wait_seconds") or 0) if topic is not None else 0
         try:
-            # A client that hangs up cancels this task: a wait ends with nothing claimed, and an
-            # attempt's transaction, in its thread, still commits or rolls back before that.
-            return await app.state.wakeups.wait_for(topic or Topic.work, wait, attempt, _still_here, None)
+            # The SDK answers with JSON, and does not cancel this task when the client hangs up: after
+            # each wake-up ask, as the REST routes do, so that no task is claimed for a client that left.
+            return await app.state.wakeups.wait_for(topic or Topic.work, wait, attempt, request.is_disconnected, None)
         except Exception as error:
             return await error_result(request, error)
 
@@ -388,10 +388,6 @@ def remote(tool: Callable[..., Any]) -> Callable[..., Any]:
     annotations = {name: value for name, value in tool.__annotations__.items() if name != _board.name}
     call.__annotations__ = annotations | {"ctx": Context}
     return call
-
-
-async def _still_here() -> bool:
-    return False  # a client that leaves cancels the call (see `call`): there is no one to answer
 
 
 def create_server() -> MCPServer:
@@ -471,7 +467,11 @@ class Gate:
         scopes = self.scopes_of(principal, request.app.state.settings)
         if not scopes:
             raise self.insufficient(READ)
-        return Caller(actor_for(principal, via="mcp"), scopes)
+        try:
+            actor = actor_for(principal, via="mcp")
+        except Unauthorized as error:  # a subject reserved for TaskFlow itself: the challenge, as for any bad token
+            raise self.refuse(str(error)) from None
+        return Caller(actor, scopes)
 
     def scopes_of(self, principal: Principal, settings: Settings) -> frozenset[str]:
         if principal.audience == "mcp":
@@ -520,7 +520,7 @@ def _tool_calls(body: bytes) -> list[str]:
     """The names of the tools a JSON-RPC message (or batch) calls; what does not parse is the SDK's to refuse."""
     try:
         message = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep for the parser
         return []
     messages = message if isinstance(message, list) else [message]
     names = []
