@@ -27,7 +27,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import AnyHttpUrl, BaseModel, TypeAdapter, ValidationError
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -43,7 +43,7 @@ from audit import current_request_id
 from auth import InvalidToken, JWKSVerifier, KeySetUnavailable, Principal
 from config import Settings
 from dependencies import RequestSession, in_transaction, refuse_when_busy
-from errors import InsufficientScope, ServiceUnavailable, TaskFlowError, Unauthorized
+from errors import InsufficientScope, MethodNotAllowed, ServiceUnavailable, TaskFlowError, Unauthorized
 from events import EventReader
 from handlers import answer_for, error_response
 from models import (
@@ -52,8 +52,11 @@ from models import (
     CommentCreate,
     CommentRead,
     EventQuery,
+    Id,
     IdPage,
+    LeaseSeconds,
     Note,
+    Offset,
     TaskCreate,
     TaskQuery,
     TaskResult,
@@ -112,6 +115,17 @@ def _valid(model: type[M], fields: dict[str, Any]) -> M:
         return model.model_validate(fields)
     except ValidationError as error:
         raise RequestValidationError(error.errors(include_url=False)) from None
+
+
+class Bounds(BaseModel):
+    """The numbers the REST routes bound in their path and query (`dependencies.TaskId`, `LeaseSeconds`,
+    `Offset`), under the tools' names: checked before a tool runs, so a huge one is a 422, never a 500."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: Id | None = None
+    lease_seconds: LeaseSeconds | None = None
+    offset: Offset | None = None
 
 
 def _given(fields: dict[str, Any]) -> dict[str, Any]:
@@ -372,6 +386,7 @@ def remote(tool: Callable[..., Any]) -> Callable[..., Any]:
         board = Board(session, caller.actor, app.state.settings.lease_seconds)
 
         async def attempt(final: bool) -> Any:
+            _valid(Bounds, arguments)
             board.final = final
             return await in_transaction(session, caller.actor, lambda: tool(board, **arguments))
 
@@ -442,7 +457,11 @@ class Gate:
         request = Request(scope, receive)
         try:
             caller = await self.caller(request)
-            body = await request.body() if request.method == "POST" else b""
+            if request.method != "POST":
+                # Stateless: no session to end (DELETE), and nothing to push on a stream of its own
+                # (GET), which the specification answers with 405.
+                raise MethodNotAllowed("/mcp takes POST: JSON-RPC messages", headers={"Allow": "POST"})
+            body = await request.body()
             await self.admit(request, caller, body)
         except TaskFlowError as error:
             await error_response(error)(scope, receive, send)
@@ -452,7 +471,7 @@ class Gate:
         scope["state"][STATE_KEY] = caller
         scope["state"]["actor"] = caller.actor  # for the request log
         mcp: StreamableHTTPASGIApp = request.app.state.mcp
-        await mcp(scope, _replay(body, receive) if request.method == "POST" else receive, send)
+        await mcp(scope, _replay(body, receive), send)
 
     async def caller(self, request: Request) -> Caller:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -470,7 +489,11 @@ class Gate:
         scopes = self.scopes_of(principal, request.app.state.settings)
         if not scopes:
             raise self.insufficient(READ)
-        return Caller(actor_for(principal, via="mcp"), scopes)
+        try:
+            actor = actor_for(principal, via="mcp")
+        except Unauthorized as error:  # a subject reserved for TaskFlow itself: the challenge, as for any bad token
+            raise self.refuse(str(error)) from None
+        return Caller(actor, scopes)
 
     def scopes_of(self, principal: Principal, settings: Settings) -> frozenset[str]:
         if principal.audience == "mcp":
@@ -519,7 +542,7 @@ def _tool_calls(body: bytes) -> list[str]:
     """The names of the tools a JSON-RPC message (or batch) calls; what does not parse is the SDK's to refuse."""
     try:
         message = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep for the parser
         return []
     messages = message if isinstance(message, list) else [message]
     names = []
