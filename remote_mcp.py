@@ -25,7 +25,7 @@ from mcp.server import MCPServer
 from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
 from mcp.server.mcpserver import Context
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
@@ -430,13 +430,18 @@ def transport(server: MCPServer, settings: Settings) -> StreamableHTTPASGIApp:
         stateless_http=True,
         json_response=True,
         max_request_body_size=settings.max_body_bytes,
-        transport_security=TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=settings.mcp_allowed_hosts,
-            allowed_origins=settings.mcp_allowed_origins,
-        ),
+        transport_security=transport_security(settings),
     )
     return StreamableHTTPASGIApp(server.session_manager)
+
+
+def transport_security(settings: Settings) -> TransportSecuritySettings:
+    """The SDK's checks against DNS rebinding: the Host and Origin headers /mcp answers to."""
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=settings.mcp_allowed_hosts,
+        allowed_origins=settings.mcp_allowed_origins,
+    )
 
 
 # ---------------------------------------------------------------- the gate
@@ -451,6 +456,8 @@ class Gate:
 
     def __init__(self, settings: Settings) -> None:
         self.metadata_url = str(build_resource_metadata_url(AnyHttpUrl(settings.mcp_resource)))
+        # The transport checks these too; checked here first, a refused request costs no rate limit.
+        self.security = TransportSecurityMiddleware(transport_security(settings))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["route"] = self
@@ -461,6 +468,10 @@ class Gate:
                 # Stateless: no session to end (DELETE), and nothing to push on a stream of its own
                 # (GET), which the specification answers with 405.
                 raise MethodNotAllowed("/mcp takes POST: JSON-RPC messages", headers={"Allow": "POST"})
+            refused = await self.security.validate_request(request, is_post=True)
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
             body = await request.body()
             await self.admit(request, caller, body)
         except TaskFlowError as error:

@@ -1005,3 +1005,15 @@ def test_tool_calls_count_against_the_callers_write_limit_and_reads_do_not(
         assert data(call(client, oauth_token("bob"), "create_task", title="Bob's"))["created_by"] == "bob"
         # The same budget as the caller's REST writes.
         assert client.post("/api/tasks", json={"title": "REST"}, headers=auth("alice")).status_code == 429
+
+
+def test_a_request_refused_for_its_host_or_origin_costs_no_rate_limit(
+    app_pool: AppPool, settings: Settings, oauth_token: OAuthToken, db: Engine
+) -> None:
+    limited = settings.model_copy(update={"rate_limit_write": "1/minute"})
+    with app_pool.client(limited) as client:
+        token = oauth_token("alice")
+        for headers in ({"Host": "evil.example"}, {"Origin": "https://evil.example"}):
+            assert call(client, token, "create_task", title="Refused", headers=headers).status_code in {421, 403}
+        assert data(call(client, token, "create_task", title="Allowed"))["title"] == "Allowed"
+        assert count(db, Task) == 1
