@@ -491,9 +491,13 @@ def test_two_people_on_the_same_endpoint_at_once_each_see_only_their_own(
         # Whatever the other had made by then, a listing in between holds only one's own.
         assert {task["project_slug"] for task in listing["tasks"]} == {projects[person.id]}
         assert created["id"] in {task["id"] for task in listing["tasks"]}
-        assert 1 <= listing["total"] == len(listing["tasks"]) <= rounds
+        # Not `total == len(tasks)` here: on PostgreSQL a read's count and page are two statements
+        # without a common snapshot (database.mark_read_only), so a creation committed between them
+        # can make them differ. Once all creations are done (below) they agree.
+        assert 1 <= len(listing["tasks"]) <= rounds
+        assert 1 <= listing["total"] <= rounds
     for person, listing in zip((alice, bob), outcome["listings"], strict=True):
-        assert listing["total"] == rounds
+        assert listing["total"] == len(listing["tasks"]) == rounds
         assert sorted(task["id"] for task in listing["tasks"]) == sorted(mine[person.id])
         assert {task["title"].split(" #")[0] for task in listing["tasks"]} == {person.name}
     for refused in outcome["crossed"][:2]:
