@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -30,6 +30,7 @@ from e2e.harness import (
     BetterAuthFactory,
     BetterAuthServer,
     OfflinePage,
+    serve,
     unavailable,
 )
 from main import create_app
@@ -160,6 +161,42 @@ def taskflow_for(
             return stack.enter_context(TestClient(create_app(settings)))
 
         yield start
+
+
+ServedTaskFlow = Callable[..., AbstractContextManager[str]]
+
+
+@pytest.fixture
+def taskflow_at_public_url(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mcp_public_url: str
+) -> ServedTaskFlow:
+    """`with taskflow_at_public_url(oauth_server, **settings) as url:` TaskFlow served over real HTTP
+    at exactly `mcp_public_url` (so its /mcp is the resource the OAuth server issues tokens for),
+    on a fresh database, told of Better Auth only by AUTH_SERVER_URL. One at a time: the port is fixed.
+    """
+
+    @contextmanager
+    def start(server: BetterAuthServer, **settings: object) -> Iterator[str]:
+        for name in ("JWKS_URL", "JWT_ISSUER", "JWT_AUDIENCE", "DEV_AUTH", "PUBLIC_URL", "MCP_ISSUER"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("AUTH_SERVER_URL", server.base_url)
+        config = Settings(
+            _env_file=None,
+            database_url=database_url,
+            auto_migrate=False,
+            dev_key_file=str(tmp_path / "dev-key.pem"),
+            public_url=mcp_public_url,
+            **settings,  # type: ignore[arg-type]
+        )
+        assert config.mcp_resource == f"{mcp_public_url}/mcp"
+        assert config.mcp_issuer == f"{server.base_url}/api/auth"
+        port = urlsplit(mcp_public_url).port
+        assert port is not None
+        with serve(create_app(config), port=port) as url:
+            assert url == mcp_public_url
+            yield url
+
+    return start
 
 
 # ---------------------------------------------------------------- Chromium
