@@ -36,6 +36,11 @@ class Actor:
     client_id: str | None = field(default=None, compare=False)
 
     @property
+    def is_client(self) -> bool:
+        """Whether the caller is an OAuth client acting as itself (the client_credentials grant): a machine."""
+        return self.client_id is not None and self.client_id == self.id
+
+    @property
     def is_admin(self) -> bool:
         return self.role == "admin"
 

@@ -69,7 +69,7 @@ from access import (
     visible_task,
 )
 from database import advisory_lock, connection_of
-from errors import BadRequest, Conflict, NotFound
+from errors import BadRequest, Conflict, Forbidden, NotFound
 from models import (
     JSON_TYPE,
     MAX_ID,
@@ -161,7 +161,10 @@ def paginate(session: Session, query: SelectOfScalar[Any], limit: int, offset: i
 
 
 def register_human(session: Session, actor: Actor) -> str:
-    """Give a caller seen for the first time its worker row, as a human, named from its token; its type."""
+    """Give a caller seen for the first time its worker row, as a human, named from its token; its type.
+
+    An OAuth client acting as itself is refused instead: only an admin may say what it is and who answers for it.
+    """
     name = actor.name or actor.id
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     # Two first requests at once must not collide on the primary key.
@@ -171,6 +174,13 @@ def register_human(session: Session, actor: Actor) -> str:
         .on_conflict_do_nothing(index_elements=["id"])
     )
     if result.rowcount == 1:  # type: ignore[attr-defined]
+        if actor.is_client:
+            # A program with no person behind the token: it must not pass for a human. The insert
+            # is rolled back with the request.
+            raise Forbidden(
+                f"The OAuth client '{actor.id}' acts as itself: an admin must first register it as an agent "
+                "worker with its accountable owner (POST /api/workers)"
+            )
         audit.record(
             session, actor, AuditAction.worker_registered, context=audit.created({"type": "human", "name": name})
         )

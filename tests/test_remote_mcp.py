@@ -462,6 +462,34 @@ def test_an_agent_acting_through_an_oauth_token_is_recorded_as_an_agent_with_its
     }
 
 
+def test_an_oauth_client_acting_as_itself_must_be_registered_as_an_agent_first(
+    client: TestClient, auth: AuthHeaders, oauth_token: OAuthToken, db: Engine
+) -> None:
+    # The client_credentials grant: the token's subject is the client. Unregistered, it would pass for a human.
+    token = oauth_token("nightly-bot", client_id="nightly-bot")
+    before = board_state(db)
+    refused = call(client, token, "create_task", title="Nightly")
+    assert error_code(refused) == "forbidden"
+    assert "register it as an agent" in tool_error(refused)[0]
+    assert board_state(db) == before  # no worker row either
+    client.get("/api/tasks", headers=auth("alice"))
+    registered = client.post(
+        "/api/workers",
+        json={"id": "nightly-bot", "type": "agent", "name": "Nightly", "owner_id": "alice"},
+        headers=auth("root", role="admin"),
+    )
+    assert registered.status_code == 201, registered.text
+    created = data(call(client, token, "create_task", title="Nightly"))
+    [row] = audit_rows(db, task_id=created["id"])
+    assert (row.actor_id, row.actor_type, row.owner_id, row.via, row.client_id) == (
+        "nightly-bot",
+        "agent",
+        "alice",
+        "mcp",
+        "nightly-bot",
+    )
+
+
 # ---------------------------------------------------------------- metadata and CORS
 
 
