@@ -396,9 +396,11 @@ def remote(tool: Callable[..., Any]) -> Callable[..., Any]:
         try:
             # Answered as JSON, the call is not cancelled when its client hangs up: a wait asks
             # before each attempt, as the REST routes do, so nothing is claimed for no one.
-            return await app.state.wakeups.wait_for(topic or Topic.work, wait, attempt, request.is_disconnected, LEFT)
+            result = await app.state.wakeups.wait_for(topic or Topic.work, wait, attempt, request.is_disconnected, LEFT)
         except Exception as error:
-            return await error_result(request, error)
+            result = await error_result(request, error)
+        telemetry.count_tool_call(tool.__name__, failed=isinstance(result, CallToolResult) and result.is_error)
+        return result
 
     # The SDK builds the input schema from this: the board is not the model's to give.
     context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)

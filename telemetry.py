@@ -208,7 +208,11 @@ VERSION_INFO = Gauge(
     "taskflow_info", "The running TaskFlow's version (always 1)", ["version"], multiprocess_mode="livemax"
 )
 
-CLAIMS = Counter("taskflow_claims", "POST /api/tasks/claim calls, by whether a task was claimed", ["outcome"])
+CLAIMS = Counter(
+    "taskflow_claims", "Claims of the next ready task (REST or MCP), by whether a task was claimed", ["outcome"]
+)
+# Every /mcp call is a POST to one route: this says which tool, and whether it answered an error.
+TOOL_CALLS = Counter("taskflow_mcp_tool_calls", "Tool calls at /mcp, by tool and outcome", ["tool", "outcome"])
 LEASE_EXPIRIES = Counter("taskflow_lease_expiries", "Tasks handed back because their lease ran out")
 RATE_LIMITED = Counter("taskflow_rate_limited", "Requests refused by a rate limit", ["kind"])
 UNAVAILABLE = Counter(
@@ -245,6 +249,11 @@ def _request_series(method: str, route: str, status: int) -> tuple[Counter, Hist
 
 def count_claim(claimed: bool) -> None:
     (_CLAIMED if claimed else _EMPTY).inc()
+
+
+def count_tool_call(tool: str, failed: bool) -> None:
+    # `tool` is one of the registered tools' names (the SDK refuses any other): a small set.
+    TOOL_CALLS.labels(tool, "error" if failed else "ok").inc()
 
 
 def count_lease_expiries(count: int) -> None:

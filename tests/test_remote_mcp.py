@@ -28,6 +28,7 @@ from fastapi.testclient import TestClient
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 from sqlmodel import col
 from support import AnyResponse, audit_rows, bearer, count, task_row
@@ -1045,3 +1046,14 @@ def test_a_request_refused_for_its_host_or_origin_costs_no_rate_limit(
             assert call(client, token, "create_task", title="Refused", headers=headers).status_code in {421, 403}
         assert data(call(client, token, "create_task", title="Allowed"))["title"] == "Allowed"
         assert count(db, Task) == 1
+
+
+def test_each_tool_call_is_counted_by_tool_and_outcome(client: TestClient, oauth_token: OAuthToken) -> None:
+    def calls(tool: str, outcome: str) -> float:
+        return REGISTRY.get_sample_value("taskflow_mcp_tool_calls_total", {"tool": tool, "outcome": outcome}) or 0.0
+
+    before = calls("create_task", "ok"), calls("get_task", "error")
+    token = oauth_token("alice")
+    data(call(client, token, "create_task", title="Counted"))
+    assert error_code(call(client, token, "get_task", task_id=999_999)) == "not_found"
+    assert (calls("create_task", "ok"), calls("get_task", "error")) == (before[0] + 1, before[1] + 1)
