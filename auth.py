@@ -317,7 +317,9 @@ def _principal(claims: dict[str, Any], audience: Literal["api", "mcp"]) -> Princ
     client_id = claims.get("client_id", claims.get("azp"))
     if not isinstance(client_id, str) or not CLIENT_ID_PATTERN.match(client_id):
         raise InvalidToken("Token has no valid 'client_id' claim")
-    return replace(principal, audience="mcp", client_id=client_id, scopes=_scopes(claims))
+    # A role is the REST API's to grant: at /mcp a token's reach is its subject's own projects and
+    # its scopes, whatever claims an authorization server adds for third-party clients.
+    return replace(principal, role="user", audience="mcp", client_id=client_id, scopes=_scopes(claims))
 
 
 def _scopes(claims: dict[str, Any]) -> frozenset[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from limits import parse_many
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
@@ -13,6 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 VERSION = "0.1.0"
 # Host headers /mcp always answers to: a DNS-rebinding attack arrives with the attacker's name.
+DEFAULT_PORTS = {"http": 80, "https": 443}
 LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost")
 
 
@@ -32,6 +33,26 @@ def _http_url(value: str, name: str) -> str:
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError(f"{name} must be an http(s) URL with a host, got {value!r}")
     return value.rstrip("/")
+
+
+def _canonical_url(value: str) -> str:
+    """PUBLIC_URL as clients and the metadata spell it: lower-case host, no default port, no trailing slash.
+
+    The MCP resource made from it is compared as a string with the `aud` of every token, and the
+    protected resource metadata, which clients copy into their token requests, spells it so.
+    """
+    url = _http_url(value, "PUBLIC_URL")
+    parts = urlsplit(url)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"PUBLIC_URL is a base URL: no query, fragment or credentials, got {value!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"PUBLIC_URL has an invalid port: {value!r}") from None
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = host if port in {None, DEFAULT_PORTS[parts.scheme]} else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 class Settings(BaseSettings):
@@ -163,10 +184,16 @@ class Settings(BaseSettings):
     def _jwks_url(cls, value: str) -> str:
         return value and _http_url(value, "JWKS_URL")
 
-    @field_validator("public_url", "mcp_issuer")
+    @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str) -> str:
-        return value and _http_url(value, "PUBLIC_URL and MCP_ISSUER")
+        return _canonical_url(value)
+
+    @field_validator("mcp_issuer")
+    @classmethod
+    def _mcp_issuer(cls, value: str) -> str:
+        # Compared as a string with the tokens' `iss`: kept as written, bar a trailing slash.
+        return value and _http_url(value, "MCP_ISSUER")
 
     @field_validator("allowed_origins", "mcp_allowed_hosts", "mcp_allowed_origins", mode="before")
     @classmethod
@@ -179,8 +206,8 @@ class Settings(BaseSettings):
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
         for origin in value:
-            if origin == "*":
-                raise ValueError("ALLOWED_ORIGINS cannot be '*': credentials are allowed, so origins must be listed")
+            if "*" in origin:
+                raise ValueError(f"origins are listed one by one, without wildcards: {origin!r}")
             _http_url(origin, "each ALLOWED_ORIGINS entry")
             if urlsplit(origin).path not in {"", "/"}:
                 raise ValueError(f"an origin has no path: {origin!r}")

@@ -72,17 +72,23 @@ def _verify(verifier: JWKSVerifier, token: str) -> Principal:
         raise ServiceUnavailable(str(exc)) from None
 
 
+async def principal_of(request: Request, token: str) -> Principal:
+    """Whom `token` names: 401 when it cannot be trusted, 503 when no signing key can be had."""
+    verifier: JWKSVerifier = request.app.state.verifier
+    # A token seen before is answered from memory; only a new one is checked, in a thread,
+    # because checking it may mean fetching the key set.
+    principal = verifier.cached(token)
+    if principal is None:
+        principal = await run_in_threadpool(_verify, verifier, token)
+    return principal
+
+
 async def get_current_user(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 ) -> Actor:
     if credentials is None:
         raise Unauthorized("Missing bearer token: send 'Authorization: Bearer <JWT>'")
-    verifier: JWKSVerifier = request.app.state.verifier
-    # A token seen before is answered from memory; only a new one is checked, in a thread,
-    # because checking it may mean fetching the key set.
-    principal = verifier.cached(credentials.credentials)
-    if principal is None:
-        principal = await run_in_threadpool(_verify, verifier, credentials.credentials)
+    principal = await principal_of(request, credentials.credentials)
     if principal.audience != "api":
         # An OAuth token issued for the MCP endpoint is good there only (RFC 8707).
         raise Unauthorized("Token is not for this audience")

@@ -317,19 +317,21 @@ API_CORS: dict[str, Any] = {
     ],
     "max_age": 600,
 }
-# A browser-based MCP client sends its token in a header, never a cookie: no credentials.
+# A browser-based MCP client sends its token in a header, never a cookie: no credentials, and so
+# any request header (newer protocol versions add their own, such as Mcp-Method). POST only: the
+# endpoint is stateless.
 MCP_CORS: dict[str, Any] = {
     "allow_credentials": False,
-    "allow_methods": ["GET", "POST", "DELETE", "OPTIONS"],
-    "allow_headers": [
-        "Authorization",
-        "Content-Type",
-        "Accept",
+    "allow_methods": ["POST"],
+    "allow_headers": ["*"],
+    "expose_headers": [
+        "WWW-Authenticate",
         "Mcp-Protocol-Version",
-        "Mcp-Session-Id",
-        "Last-Event-ID",
+        "X-Request-ID",
+        "Retry-After",
+        "RateLimit",
+        "RateLimit-Policy",
     ],
-    "expose_headers": ["WWW-Authenticate", "Mcp-Session-Id", "Mcp-Protocol-Version", "X-Request-ID", "Retry-After"],
     "max_age": 600,
 }
 

@@ -79,6 +79,7 @@ from models import (
     MemberRead,
     MemberUpdate,
     Note,
+    ProgressNote,
     Project,
     ProjectCreate,
     ProjectMember,
@@ -313,7 +314,7 @@ def update_progress(
     user: CurrentUser,
     percent: Annotated[int, Query(ge=0, le=100, description="Progress, 0 to 100")],
     expected_version: ExpectedVersion,
-    note: Annotated[str | None, Query(max_length=2000, pattern=r"^[^\x00]*$", description="What was done")] = None,
+    note: Annotated[ProgressNote | None, Query(description="What was done")] = None,
 ) -> dict[str, Any]:
     """Report progress on a task in progress (its assignee); this also renews the lease."""
     task = services.update_progress(session, user, task_id, percent, note, expected_version=expected_version)

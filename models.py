@@ -167,6 +167,8 @@ Name = Annotated[
     AfterValidator(_no_nul),
     AfterValidator(_not_blank),
 ]
+# What a progress report says was done: optional, so it may be empty, but never NUL (PostgreSQL refuses it).
+ProgressNote = Annotated[str, StringConstraints(max_length=2_000, pattern=r"^[^\x00]*$")]
 Note = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=2_000),

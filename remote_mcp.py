@@ -29,7 +29,6 @@ from mcp.server.transport_security import TransportSecurityMiddleware, Transport
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
@@ -40,10 +39,10 @@ import taskflow_mcp
 import telemetry
 from access import Actor, actor_for
 from audit import current_request_id
-from auth import InvalidToken, JWKSVerifier, KeySetUnavailable, Principal
+from auth import Principal
 from config import Settings
-from dependencies import RequestSession, in_transaction, refuse_when_busy
-from errors import InsufficientScope, MethodNotAllowed, ServiceUnavailable, TaskFlowError, Unauthorized
+from dependencies import RequestSession, in_transaction, principal_of, refuse_when_busy
+from errors import BadRequest, InsufficientScope, MethodNotAllowed, TaskFlowError, Unauthorized
 from events import EventReader
 from handlers import answer_for, error_response
 from models import (
@@ -57,6 +56,7 @@ from models import (
     LeaseSeconds,
     Note,
     Offset,
+    ProgressNote,
     TaskCreate,
     TaskQuery,
     TaskResult,
@@ -133,7 +133,17 @@ def _given(fields: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if value is not None}
 
 
+def _valid_value(adapter: TypeAdapter[str], value: str, name: str) -> str:
+    """One argument as its REST query parameter takes it, or the route's 422 naming it."""
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as error:
+        errors = [{**item, "loc": (name, *item["loc"])} for item in error.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
 _NOTE: TypeAdapter[str] = TypeAdapter(Note)
+_PROGRESS_NOTE: TypeAdapter[str] = TypeAdapter(ProgressNote)
 _AUDIT_ROWS: TypeAdapter[list[AuditRead]] = TypeAdapter(list[AuditRead])
 _COMMENTS: TypeAdapter[list[CommentRead]] = TypeAdapter(list[CommentRead])
 
@@ -327,6 +337,7 @@ class Board:
         return _task(services.heartbeat(self.session, self.actor, task_id, lease_seconds=lease_seconds))
 
     def update_progress(self, task_id: int, percent: int, note: str | None = None) -> Answer:
+        note = None if note is None else _valid_value(_PROGRESS_NOTE, note, "note")
         task = services.update_progress(self.session, self.actor, task_id, percent, note, expected_version=None)
         return _task(task)
 
@@ -341,11 +352,7 @@ class Board:
         return _task(services.complete_task(self.session, self.actor, task_id, result, expected_version=None))
 
     def block_task(self, task_id: int, reason: str) -> Answer:
-        try:
-            note = _NOTE.validate_python(reason)
-        except ValidationError as error:
-            errors = [{**item, "loc": ("reason", *item["loc"])} for item in error.errors(include_url=False)]
-            raise RequestValidationError(errors) from None
+        note = _valid_value(_NOTE, reason, "reason")
         return _task(services.block_task(self.session, self.actor, task_id, note, expected_version=None))
 
     def release_task(self, task_id: int) -> Answer:
@@ -428,12 +435,9 @@ def transport(server: MCPServer, settings: Settings) -> StreamableHTTPASGIApp:
 
     Its session manager must run (`server.session_manager.run()`) while requests come in.
     """
-    server.streamable_http_app(
-        stateless_http=True,
-        json_response=True,
-        max_request_body_size=settings.max_body_bytes,
-        transport_security=transport_security(settings),
-    )
+    # The Starlette app this returns is not served: its session manager is, behind `Gate` and the
+    # app's own middleware (which limits bodies to MAX_BODY_BYTES, as for REST).
+    server.streamable_http_app(stateless_http=True, json_response=True, transport_security=transport_security(settings))
     return StreamableHTTPASGIApp(server.session_manager)
 
 
@@ -466,6 +470,7 @@ class Gate:
         request = Request(scope, receive)
         try:
             caller = await self.caller(request)
+            scope["state"]["actor"] = caller.actor  # for the request log, refusals included
             if request.method != "POST":
                 # Stateless: no session to end (DELETE), and nothing to push on a stream of its own
                 # (GET), which the specification answers with 405.
@@ -482,7 +487,6 @@ class Gate:
         except ClientDisconnect:
             return  # gone before its request was read: nothing was done, no one to answer
         scope["state"][STATE_KEY] = caller
-        scope["state"]["actor"] = caller.actor  # for the request log
         mcp: StreamableHTTPASGIApp = request.app.state.mcp
         await mcp(scope, _replay(body, receive), send)
 
@@ -490,22 +494,14 @@ class Gate:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise self.refuse("Missing bearer token: send 'Authorization: Bearer <access token>'", given=False)
-        verifier: JWKSVerifier = request.app.state.verifier
-        principal = verifier.cached(token.strip())
-        if principal is None:
-            try:
-                principal = await run_in_threadpool(verifier.verify, token.strip())
-            except InvalidToken as error:
-                raise self.refuse(str(error)) from None
-            except KeySetUnavailable as error:
-                raise ServiceUnavailable(str(error)) from None
+        try:
+            principal = await principal_of(request, token.strip())
+            actor = actor_for(principal, via="mcp")  # refuses a subject reserved for TaskFlow itself
+        except Unauthorized as error:
+            raise self.refuse(error.message) from None
         scopes = self.scopes_of(principal, request.app.state.settings)
         if not scopes:
-            raise self.insufficient(READ)
-        try:
-            actor = actor_for(principal, via="mcp")
-        except Unauthorized as error:  # a subject reserved for TaskFlow itself: the challenge, as for any bad token
-            raise self.refuse(str(error)) from None
+            raise self.insufficient(frozenset(), frozenset(SCOPES))
         return Caller(actor, scopes)
 
     def scopes_of(self, principal: Principal, settings: Settings) -> frozenset[str]:
@@ -516,19 +512,17 @@ class Gate:
         return API_TOKEN_SCOPES
 
     async def admit(self, request: Request, caller: Caller, body: bytes) -> None:
-        """Refuse a tool call the token's scopes do not allow; count it against the caller's rate limit."""
-        calls = _tool_calls(body)
-        for name in calls:
-            needed = TOOL_SCOPES.get(name)
-            if needed is not None and needed not in caller.scopes:
-                raise self.insufficient(needed)
-        if not calls:
-            return
-        refuse_when_busy(request.app.state.settings.max_queued_requests)
+        """Refuse a tool call the token's scopes do not allow; count the request against the caller's rate limit."""
+        # A tool not listed needs the most a call can: the SDK refuses it anyway.
+        calls = [name for message in _messages(body) if (name := _tool_called(message)) is not None]
+        needed = frozenset(TOOL_SCOPES.get(name, WRITE) for name in calls)
+        if not needed <= caller.scopes:
+            raise self.insufficient(caller.scopes, needed)
+        if calls:
+            refuse_when_busy(request.app.state.settings.max_queued_requests)
         limiter: RateLimiter | None = request.app.state.rate_limiter
         if limiter is not None:
-            writing = any(TOOL_SCOPES.get(name) == WRITE for name in calls)
-            request.scope["state"]["rate_limit_headers"] = await limiter.check(caller.actor.id, writing=writing)
+            request.scope["state"]["rate_limit_headers"] = await limiter.check(caller.actor.id, writing=WRITE in needed)
 
     def refuse(self, message: str, *, given: bool = True) -> Unauthorized:
         """401 with the challenge that sends an MCP client to the metadata, and from there to sign-in."""
@@ -537,11 +531,14 @@ class Gate:
             challenge += f', error="invalid_token", error_description="{_quotable(message)}"'
         return Unauthorized(message, headers={"WWW-Authenticate": challenge})
 
-    def insufficient(self, scope: str) -> InsufficientScope:
-        """403 naming the scope to ask for (the MCP specification's step-up authorization)."""
-        message = f"This call needs the '{scope}' scope, which the token was not granted"
+    def insufficient(self, granted: frozenset[str], needed: frozenset[str]) -> InsufficientScope:
+        """403 naming the scopes to ask for (the MCP specification's step-up authorization): those the
+        token has and those the call needs, since a new token replaces the old one rather than adds to it."""
+        missing = " and ".join(f"'{scope}'" for scope in sorted(needed - granted))
+        message = f"This call needs the {missing} scope, which the token was not granted"
+        wanted = " ".join(sorted(granted | needed))
         challenge = (
-            f'Bearer error="insufficient_scope", scope="{scope}", resource_metadata="{self.metadata_url}", '
+            f'Bearer error="insufficient_scope", scope="{wanted}", resource_metadata="{self.metadata_url}", '
             f'error_description="{_quotable(message)}"'
         )
         return InsufficientScope(message, headers={"WWW-Authenticate": challenge})
@@ -551,20 +548,26 @@ def _quotable(text: str) -> str:
     return text.replace("\\", "").replace('"', "'")
 
 
-def _tool_calls(body: bytes) -> list[str]:
-    """The names of the tools a JSON-RPC message (or batch) calls; what does not parse is the SDK's to refuse."""
+def _messages(body: bytes) -> list[dict[str, Any]]:
+    """A body's JSON-RPC messages (one, or a batch). What the gate cannot read is refused here, so
+    that no scope check ever rests on the SDK refusing it too."""
     try:
-        message = json.loads(body) if body else None
+        parsed = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nested too deep for the parser
-        return []
-    messages = message if isinstance(message, list) else [message]
-    names = []
-    for item in messages:
-        if isinstance(item, dict) and item.get("method") == "tools/call":
-            params = item.get("params")
-            name = params.get("name") if isinstance(params, dict) else None
-            names.append(name if isinstance(name, str) else "")
-    return names
+        raise BadRequest("The body is not JSON: send a JSON-RPC message") from None
+    messages = parsed if isinstance(parsed, list) else [parsed]
+    if not messages or not all(isinstance(message, dict) for message in messages):
+        raise BadRequest("The body is not a JSON-RPC message (an object, or a list of them)")
+    return messages
+
+
+def _tool_called(message: dict[str, Any]) -> str | None:
+    """The name of the tool a message calls ("" when it names none), or None when it calls no tool."""
+    if message.get("method") != "tools/call":
+        return None
+    params = message.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    return name if isinstance(name, str) else ""
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -585,7 +588,9 @@ def routes(settings: Settings) -> list[BaseRoute]:
     """/mcp and its protected resource metadata (RFC 9728), which names the issuer clients sign in with."""
     metadata = create_protected_resource_routes(
         resource_url=AnyHttpUrl(settings.mcp_resource),
-        authorization_servers=[AnyHttpUrl(settings.mcp_issuer)],
+        # As configured, not as a URL type spells it: a path-less issuer would gain a "/" that its
+        # tokens' `iss` and its own metadata do not have (RFC 8414 compares them as strings).
+        authorization_servers=[cast(AnyHttpUrl, settings.mcp_issuer)],
         scopes_supported=list(SCOPES),
         resource_name="TaskFlow",
     )

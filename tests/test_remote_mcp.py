@@ -266,6 +266,8 @@ READ_CALLS: list[tuple[str, dict[str, Any]]] = [
 
 
 def assert_insufficient(response: AnyResponse, scope: str, settings: Settings) -> None:
+    """A 403 whose challenge asks for `scope`: what the token has and what the call needs, since
+    a client's new token replaces its old one."""
     assert response.status_code == 403, response.text
     assert response.json()["code"] == "insufficient_scope"
     params = challenge(response)
@@ -284,7 +286,7 @@ def test_a_read_only_token_can_read_but_every_write_tool_is_refused_403(
     reader = oauth_token("alice", scope="taskflow:read")
     before = board_state(db)
     for tool, arguments in WRITE_CALLS:
-        assert_insufficient(call(client, reader, tool, **arguments), "taskflow:write", settings)
+        assert_insufficient(call(client, reader, tool, **arguments), BOTH, settings)
     assert board_state(db) == before
     assert task_row(db, task["id"]).version == task["version"]
     # The same token reads.
@@ -302,11 +304,11 @@ def test_a_token_with_neither_scope_is_refused_even_the_tool_list(
     before = board_state(db)
     for scope in ["", "openid profile email", "taskflow:admin taskflow:read:all", "TASKFLOW:READ"]:
         token = oauth_token("alice", scope=scope)
-        assert_insufficient(rpc(client, token, "tools/list"), "taskflow:read", settings)
-        assert_insufficient(call(client, token, "list_tasks"), "taskflow:read", settings)
-        assert_insufficient(call(client, token, "create_task", title="x"), "taskflow:read", settings)
+        assert_insufficient(rpc(client, token, "tools/list"), BOTH, settings)
+        assert_insufficient(call(client, token, "list_tasks"), BOTH, settings)
+        assert_insufficient(call(client, token, "create_task", title="x"), BOTH, settings)
     no_scope_claim = oauth_token("alice", scope=None)
-    assert_insufficient(rpc(client, no_scope_claim, "tools/list"), "taskflow:read", settings)
+    assert_insufficient(rpc(client, no_scope_claim, "tools/list"), BOTH, settings)
     assert board_state(db) == before
 
 
@@ -318,7 +320,7 @@ def test_a_write_only_token_can_write_but_not_read(
     assert (created["title"], created["created_by"]) == ("Blind", "alice")
     assert data(call(client, writer, "claim_task", task_id=created["id"]))["status"] == "in_progress"
     for tool, arguments in READ_CALLS:
-        assert_insufficient(call(client, writer, tool, **arguments), "taskflow:read", settings)
+        assert_insufficient(call(client, writer, tool, **arguments), BOTH, settings)
     # Listing the tools reads nothing of the board.
     assert len(result_of(rpc(client, writer, "tools/list"))["tools"]) == 16
 
@@ -328,7 +330,7 @@ def test_scopes_given_as_a_list_claim_count_too(
 ) -> None:
     reader = oauth_token("alice", scope=None, scp=["taskflow:read"])
     assert data(call(client, reader, "list_tasks")) == {"tasks": [], "total": 0}
-    assert_insufficient(call(client, reader, "create_task", title="x"), "taskflow:write", settings)
+    assert_insufficient(call(client, reader, "create_task", title="x"), BOTH, settings)
     assert count(db, Task) == 0
 
 
@@ -461,6 +463,20 @@ def test_an_agent_acting_through_an_oauth_token_is_recorded_as_an_agent_with_its
     assert {(row.actor_id, row.actor_type, row.owner_id, row.via, row.client_id) for row in rows} == {
         ("@agent-x", "agent", "alice", "mcp", "ci-runner")
     }
+
+
+def test_a_role_claim_in_an_oauth_token_gives_no_admin_reach_at_mcp(
+    client: TestClient, auth: AuthHeaders, oauth_token: OAuthToken, make_token: TokenFactory
+) -> None:
+    created = client.post("/api/projects", json={"slug": "private", "name": "Private"}, headers=auth("bob"))
+    assert created.status_code == 201, created.text
+    task = rest_task(client, auth, "Bob's secret", as_user="bob", project_slug="private")
+    claimed_admin = oauth_token("alice", role="admin")
+    assert data(call(client, claimed_admin, "list_tasks"))["total"] == 0
+    assert error_code(call(client, claimed_admin, "get_task", task_id=task["id"])) == "not_found"
+    # The REST API's own token is the subject's whole authority, a real admin's included.
+    api_admin = make_token("alice", role="admin")
+    assert data(call(client, api_admin, "get_task", task_id=task["id"]))["title"] == "Bob's secret"
 
 
 def test_an_oauth_client_acting_as_itself_must_be_registered_as_an_agent_first(
@@ -914,10 +930,11 @@ def test_a_waiting_claim_takes_a_task_created_meanwhile_through_rest(
 
 
 def test_twenty_mcp_waiters_hold_no_connection_and_no_thread_and_each_gets_a_distinct_task_or_nothing(
-    quiet_server: LiveServer, auth: AuthHeaders, oauth_token: OAuthToken, db: Engine
+    quiet_server: LiveServer, auth: AuthHeaders, oauth_token: OAuthToken, make_token: TokenFactory, db: Engine
 ) -> None:
-    # Admins, who may claim any task: the test is about waiting, not about who sees what.
-    tokens = [oauth_token(f"agent-{n}", role="admin") for n in range(20)]
+    # Admins, who may claim any task: the test is about waiting, not about who sees what. An OAuth
+    # token carries no role at /mcp, so these are API tokens, which carry their subject's.
+    tokens = [make_token(f"agent-{n}", role="admin") for n in range(20)]
 
     async def claim(http: httpx.AsyncClient, token: str) -> dict[str, Any]:
         message = {
@@ -1057,3 +1074,18 @@ def test_each_tool_call_is_counted_by_tool_and_outcome(client: TestClient, oauth
     data(call(client, token, "create_task", title="Counted"))
     assert error_code(call(client, token, "get_task", task_id=999_999)) == "not_found"
     assert (calls("create_task", "ok"), calls("get_task", "error")) == (before[0] + 1, before[1] + 1)
+
+
+def test_mcp_cors_lets_a_browser_client_send_the_newer_protocols_headers(client: TestClient) -> None:
+    preflight = client.options(
+        "/mcp",
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, mcp-method, mcp-name, x-request-id",
+        },
+    )
+    assert preflight.status_code == 200, preflight.text
+    allowed = {name.strip().lower() for name in preflight.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "mcp-method", "mcp-name", "x-request-id"} <= allowed
+    assert preflight.headers["Access-Control-Allow-Methods"] == "POST"

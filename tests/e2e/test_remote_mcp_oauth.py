@@ -411,7 +411,8 @@ def test_a_read_only_token_may_read_but_a_write_is_refused_with_403_insufficient
         for response in refusals:
             assert challenge(response).startswith("Bearer ")
             assert 'error="insufficient_scope"' in challenge(response)
-            assert f'scope="{WRITE}"' in challenge(response)
+            # What to ask for next: the scope the token has, and the one the call needs.
+            assert f'scope="{READ} {WRITE}"' in challenge(response)
             assert f'resource_metadata="{url}/.well-known/oauth-protected-resource/mcp"' in challenge(response)
 
         # The same refusal to a JSON-RPC message posted by hand.
