@@ -12,8 +12,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 VERSION = "0.1.0"
-# Host headers /mcp always answers to: a DNS-rebinding attack arrives with the attacker's name.
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# Host headers /mcp always answers to: a DNS-rebinding attack arrives with the attacker's name.
 LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost")
 
 

@@ -393,7 +393,6 @@ def remote(tool: Callable[..., Any]) -> Callable[..., Any]:
         board = Board(session, caller.actor, app.state.settings.lease_seconds)
 
         async def attempt(final: bool) -> Any:
-            _valid(Bounds, arguments)
             board.final = final
             return await in_transaction(session, caller.actor, lambda: tool(board, **arguments))
 
@@ -401,6 +400,7 @@ def remote(tool: Callable[..., Any]) -> Callable[..., Any]:
         given.apply_defaults()
         wait = int(given.arguments.get("wait_seconds") or 0) if topic is not None else 0
         try:
+            _valid(Bounds, arguments)
             # Answered as JSON, the call is not cancelled when its client hangs up: a wait asks
             # before each attempt, as the REST routes do, so nothing is claimed for no one.
             result = await app.state.wakeups.wait_for(topic or Topic.work, wait, attempt, request.is_disconnected, LEFT)
